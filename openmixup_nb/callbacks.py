@@ -7,10 +7,10 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/callbacks.html.md"""
 # %% auto #0
 __all__ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback']
 
-# %% ../nbs/04_callbacks.ipynb #699d5a28
+# %% ../nbs/04_callbacks.ipynb #38429633
 from .callback import MixCallback, MixedLoss
 from .mixup import MixupCallback
 from .cutmix import CutMixCallback
 
-# %% ../nbs/04_callbacks.ipynb #82deeaaf
+# %% ../nbs/04_callbacks.ipynb #2edcdf65
 _all_ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback']
