@@ -7,10 +7,10 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/callbacks.html.md"""
 # %% auto #0
 __all__ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback']
 
-# %% ../nbs/04_callbacks.ipynb #38429633
+# %% ../nbs/04_callbacks.ipynb #0bfb1196
 from .callback import MixCallback, MixedLoss
 from .mixup import MixupCallback
 from .cutmix import CutMixCallback
 
-# %% ../nbs/04_callbacks.ipynb #2edcdf65
+# %% ../nbs/04_callbacks.ipynb #1b1b25ed
 _all_ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback']
