@@ -27,6 +27,9 @@ def _ch(c:int, width:float=1., divisor:int=8):
 
 def _conv3x3(cin, cout, stride=1, groups=1): return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
 def _conv1x1(cin, cout, stride=1): return nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+def _shortcut(cin, cout, stride):
+    "Projection shortcut (1x1 conv + BN) when the shape changes, else identity"
+    return nn.Sequential(_conv1x1(cin, cout, stride), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else nn.Identity()
 
 def _init_weights(model:nn.Module, zero_init_last:bool=False):
     "Kaiming-normal (fan_out) convs, BN weight 1 / bias 0, zero-init the last norm (or conv) of every block if asked."
@@ -51,8 +54,7 @@ class BasicBlock(nn.Module):
         self.conv1,self.bn1 = _conv3x3(in_chs, mid_chs, stride),nn.BatchNorm2d(mid_chs)
         self.conv2,self.bn2 = _conv3x3(mid_chs, out_chs),nn.BatchNorm2d(out_chs)
         self.act1,self.act2 = nn.ReLU(inplace=True),nn.ReLU(inplace=True)
-        self.downsample = (nn.Sequential(_conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
-                           if stride != 1 or in_chs != out_chs else nn.Identity())
+        self.downsample = _shortcut(in_chs, out_chs, stride)
     def zero_init_last(self): nn.init.zeros_(self.bn2.weight)
     def forward(self, x:Tensor) -> Tensor:
         sc = self.downsample(x)
@@ -74,8 +76,7 @@ class Bottleneck(nn.Module):
         self.conv2,self.bn2 = _conv3x3(mid_chs, mid_chs, stride, groups),nn.BatchNorm2d(mid_chs)
         self.conv3,self.bn3 = _conv1x1(mid_chs, out_chs),nn.BatchNorm2d(out_chs)
         self.act1,self.act2,self.act3 = nn.ReLU(inplace=True),nn.ReLU(inplace=True),nn.ReLU(inplace=True)
-        self.downsample = (nn.Sequential(_conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
-                           if stride != 1 or in_chs != out_chs else nn.Identity())
+        self.downsample = _shortcut(in_chs, out_chs, stride)
     def zero_init_last(self): nn.init.zeros_(self.bn3.weight)
     def forward(self, x:Tensor) -> Tensor:
         sc = self.downsample(x)
