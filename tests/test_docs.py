@@ -36,7 +36,8 @@ def test_quarto_config_single_source():
     assert (NBS/'styles.css').exists()
 
 def test_settings_and_pyproject():
-    import tomllib
+    try: import tomllib
+    except ImportError: import tomli as tomllib # Python 3.10 (nbdev depends on tomli there)
     py = tomllib.loads((ROOT/'pyproject.toml').read_text())
     assert py['tool']['nbdev']['lib_path'] == 'openmixup_nb'
     assert py['project']['urls']['Repository'] and py['project']['urls']['Documentation']
