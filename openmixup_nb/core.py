@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.distributions import Beta
 
 # %% auto #0
-__all__ = ['LAM_MODES', 'PAIRINGS', 'MixResult', 'check_mix_args', 'sample_lam', 'partner_index', 'mix_params', 'to_soft',
-           'mix_loss', 'soft_target_cross_entropy', 'show_mix']
+__all__ = ['LAM_MODES', 'PAIRINGS', 'MixResult', 'check_mix_args', 'sample_lam', 'partner_index', 'mix_params', 'mask_mix',
+           'to_soft', 'mix_loss', 'soft_target_cross_entropy', 'show_mix']
 
 # %% ../nbs/00_core.ipynb #802eac67
 @dataclass
@@ -159,6 +159,51 @@ def mix_params(x:Tensor, # input batch, batch first
     lam = sample_lam(alpha, n if lam_mode == 'sample' else 1, fold, generator) if lam is None else _as_lam(lam, n)
     index = partner_index(n, pairing, generator) if index is None else _as_index(index, n)
     return lam.to(x.device, non_blocking=True), index.to(x.device, non_blocking=True)
+
+# %% ../nbs/00_core.ipynb #596a8fb2
+def _bit_select(mask, a, b, inplace):
+    "`torch.where(mask, a, b)` exactly, by bit operations on integer views: into `b` if `inplace`, else into `a`"
+    itype = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[b.element_size()]
+    ai, bi = a.view(itype), b.view(itype)
+    ai.bitwise_xor_(bi).bitwise_and_(mask.to(itype).neg_()) # (a ^ b) where mask, 0 elsewhere
+    (bi if inplace else ai).bitwise_xor_(ai if inplace else bi)
+    return b if inplace else a
+
+def _check_mask(mask, x):
+    "A mask must be a tensor whose dims each match `x`'s or are 1 (batch: N or 1)"
+    if not isinstance(mask, Tensor): raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    ok = mask.ndim == x.ndim and all(m in (1, s) for m, s in zip(mask.shape, x.shape))
+    if not ok: raise ValueError(f"mask must have {x.ndim} dims, each 1 or equal to x's {tuple(x.shape)} "
+                                f"(e.g. (1, 1, H, W) or (N, 1, H, W)), got shape {tuple(mask.shape)}")
+    if not (mask.dtype == torch.bool or mask.is_floating_point()): raise ValueError(f"mask must be bool or float, got {mask.dtype}")
+
+def _mask_mix(x, y, mask, index, inplace=False):
+    "`mask_mix` without the checks: for mixers whose masks are correct by construction"
+    xb = x.index_select(0, index) # the partner batch: the one full-size temporary
+    if mask.dtype == torch.bool:
+        out = _bit_select(~mask, xb, x, inplace) # xb is the scratch space; x is only written when inplace
+        m = mask.float()
+    else:
+        m = mask.to(x.dtype)
+        out = x.copy_(xb.lerp_(x, m)) if inplace else xb.lerp_(x, m)
+        m = m.float()
+    lam = m.mean(dim=tuple(range(1, m.ndim))) if m.ndim > 1 else m
+    n = len(x)
+    return MixResult(out, y, None if y is None else y.index_select(0, index), lam.expand(n), index, mask=m)
+
+# %% ../nbs/00_core.ipynb #88f6d289
+def mask_mix(x:Tensor, # batch (N, C, H, W) or any (N, ...), floats
+             y:Tensor|None, # labels (N,) or (N, C), or None
+             mask:Tensor, # weight of the first sample: bool or float in [0, 1], each dim 1 or x's (batch: 1 or N)
+             index:Tensor, # partner of every sample (N,)
+             inplace:bool=False)->MixResult: # write the result into `x` (saves a copy; the caller's batch changes)
+    "`mask·x + (1-mask)·x[index]`, with λ the mean of each sample's mask (the realised share of the first sample)"
+    _check_batch(x, y)
+    _check_mask(mask, x)
+    index = _as_index(index, len(x)).to(x.device)
+    if mask.is_floating_point() and (torch.isnan(mask).any() or (mask < 0).any() or (mask > 1).any()):
+        raise ValueError("mask values must lie in [0, 1]")
+    return _mask_mix(x, y, mask.to(x.device), index, inplace)
 
 # %% ../nbs/00_core.ipynb #00325f7b
 def to_soft(y:Tensor, # class indices (N,) or float targets (N, C)

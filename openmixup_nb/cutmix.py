@@ -8,7 +8,7 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/cutmix.html.md"""
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .core import MixResult, mix_params, check_mix_args
+from .core import MixResult, mix_params, check_mix_args, _bit_select
 from .callback import MixCallback
 
 # %% auto #0
@@ -41,14 +41,6 @@ def _check_box(box, H, W):
     if len(b) != 4 or not (0 <= b[0] <= b[1] <= H and 0 <= b[2] <= b[3] <= W):
         raise ValueError(f"box must be (y1, y2, x1, x2) with 0 <= y1 <= y2 <= {H} and 0 <= x1 <= x2 <= {W}, got {tuple(box)}")
     return b
-
-def _bit_select(mask, a, b, inplace):
-    "`torch.where(mask, a, b)` exactly, by bit operations on integer views: into `b` if `inplace`, else into `a`"
-    itype = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[b.element_size()]
-    ai, bi = a.view(itype), b.view(itype)
-    ai.bitwise_xor_(bi).bitwise_and_(mask.to(itype).neg_()) # (a ^ b) where mask, 0 elsewhere
-    (bi if inplace else ai).bitwise_xor_(ai if inplace else bi)
-    return b if inplace else a
 
 def _box_mask(boxes, H, W, ndim, device):
     "Bool mask (n, 1.., H, W), True inside each box"
