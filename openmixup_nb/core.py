@@ -95,7 +95,7 @@ def sample_lam(alpha:float, # Beta(alpha, alpha) concentration, > 0
         # torch's samplers take no generator: seed the global RNG from `generator` inside a forked state
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed) # the CPU RNG only (torch.manual_seed would also queue CUDA seeding)
             lam = _beta(float(alpha), n)
     return torch.maximum(lam, 1-lam) if fold else lam
 

@@ -44,7 +44,7 @@ def _check_box(box, H, W):
 
 def _box_mask(boxes, H, W, ndim, device):
     "Bool mask (n, 1.., H, W), True inside each box"
-    b = boxes.to(device)
+    b = boxes.to(device, non_blocking=True)
     rows, cols = torch.arange(H, device=device), torch.arange(W, device=device)
     inside = ((rows >= b[:, :1]) & (rows < b[:, 1:2]))[:, :, None] & ((cols >= b[:, 2:3]) & (cols < b[:, 3:]))[:, None, :]
     return inside.view(len(b), *[1]*(ndim-3), H, W)
