@@ -20,7 +20,8 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import SGD
 from fastai.torch_core import set_seed
-from .callbacks import MixupCallback, CutMixCallback
+from .callbacks import (MixCallback, MixupCallback, CutMixCallback, MixSwitchCallback, SmoothMixCallback, GridMixCallback,
+                                    ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback)
 from .data import cifar_dls, cifar_tensors
 from .models import create_model
 
@@ -29,12 +30,21 @@ __all__ = ['CIFAR_ALPHAS', 'METHODS', 'method_callback', 'TrainTimer', 'train_on
            'format_table', 'omnb_bench']
 
 # %% ../nbs/07_bench.ipynb #85e6277a
-CIFAR_ALPHAS = {'mixup': 1., 'cutmix': 0.2} # OpenMixup's α for CIFAR ResNets
+CIFAR_ALPHAS = {'mixup': 1., 'cutmix': 0.2, 'smoothmix': 0.2, 'gridmix': 0.2, 'resizemix': 1., 'fmix': 0.2,
+                'saliencymix': 0.2, 'manifoldmix': 2., 'patchup': 2.} # OpenMixup's α for CIFAR ResNets (PatchUp: its paper's)
 
 METHODS = {
     'vanilla': lambda alpha: None,
     'mixup': lambda alpha: MixupCallback(alpha),
     'cutmix': lambda alpha: CutMixCallback(alpha),
+    'deit': lambda alpha: MixSwitchCallback(alphas=(0.8, 1.) if alpha is None else alpha), # Mixup 0.8 / CutMix 1.0, switch ½
+    'smoothmix': lambda alpha: SmoothMixCallback(alpha),
+    'gridmix': lambda alpha: GridMixCallback(alpha),
+    'resizemix': lambda alpha: ResizeMixCallback(alpha),
+    'fmix': lambda alpha: FMixCallback(alpha),
+    'saliencymix': lambda alpha: SaliencyMixCallback(alpha),
+    'manifoldmix': lambda alpha: ManifoldMixCallback(alpha),
+    'patchup': lambda alpha: PatchUpCallback(alpha=alpha),
 }
 
 def method_callback(name:str, # a key of `METHODS`

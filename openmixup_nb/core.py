@@ -181,7 +181,8 @@ def _mask_mix(x, y, mask, index, inplace=False):
     "`mask_mix` without the checks: for mixers whose masks are correct by construction"
     xb = x.index_select(0, index) # the partner batch: the one full-size temporary
     if mask.dtype == torch.bool:
-        out = _bit_select(~mask, xb, x, inplace) # xb is the scratch space; x is only written when inplace
+        if x.requires_grad: out = torch.where(mask, x, xb) # bit operations carry no gradient: select in the graph
+        else: out = _bit_select(~mask, xb, x, inplace) # xb is the scratch space; x is only written when inplace
         m = mask.float()
     else:
         m = mask.to(x.dtype)
