@@ -21,7 +21,7 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 
 class BlockMean(nn.Module):
     "A toy teacher: 4×4 block averages through a BatchNorm (float32 parameters); records its mode"
@@ -41,9 +41,6 @@ def batches(draw, min_n=1, max_n=6, dtypes=DTYPES):
     x = torch.randn(n, c, h, w, generator=g).to(dtype)
     return x, torch.randint(0, 5, (n,), generator=g), seed
 
-def distinct(x):
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def small_teacher():
     "A small CNN with BatchNorm and no `forward_features`: its output is the feature map (stride 4)"

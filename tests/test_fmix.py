@@ -16,11 +16,8 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 
-def distinct(x):
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def floor_ceil(lam, hw):
     t = lam.double() * hw

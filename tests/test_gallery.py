@@ -23,7 +23,7 @@ def _seed():
     yield
     plt.close('all')
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen
 
 def teacher():
     "A small random CNN giving a feature map at 1/4 resolution: enough for AttentiveMix's mechanics"

@@ -18,7 +18,7 @@ KEYS = ('y0', 'x0', 'ch', 'cw', 'ph', 'pw', 'hh', 'hw')
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct, Probe
 
 @st.composite
 def batches(draw, min_n=1, max_n=6, dtypes=DTYPES, min_side=1, max_side=40):
@@ -31,10 +31,6 @@ def batches(draw, min_n=1, max_n=6, dtypes=DTYPES, min_side=1, max_side=40):
     y = torch.randint(0, 5, (n,), generator=g)
     return x, y, seed
 
-def distinct(x):
-    "A distinct offset per sample, so every pixel of a sample differs from the same pixel of any other sample"
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def loop_mask(lat, i, H, W):
     "The holes of lattice i drawn cell by cell with slices (OpenMixup's loop, on a region inside the image)"
@@ -258,15 +254,6 @@ from fastai.optimizer import SGD
 from fastai.torch_core import set_seed
 import fastai.callback.progress  # noqa: F401  Learner.no_bar
 
-class Probe(Callback):
-    "Per training batch: whether it was mixed, and the loss trained on against the mixed loss recomputed"
-    order = 10
-    def __init__(self): self.log = []
-    def after_loss(self):
-        if not self.training: return
-        mcb = next(c for c in self.learn.cbs if isinstance(c, MixCallback))
-        self.log.append((mcb.res is not None, isinstance(self.learn.loss_func, MixedLoss),
-                         abs(self.learn.loss.item() - mcb.res.loss(self.learn.pred.detach(), mcb.old_lf).item())))
 
 @pytest.mark.parametrize('cb', [lambda: GridMixCallback(), lambda: GridMixCallback(1., n_holes=2, lam_scope='image', lam_mode='sample')])
 def test_callback_trains_and_restores(tmp_path, cb):

@@ -16,7 +16,7 @@ FAST = settings(max_examples=30, deadline=None)
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen
 
 def make(n=8, c=5, seed=0, lam_b=False):
     "Logits, integer labels and a result with distinct per-sample λ (some at 0 and 1) and a random partner"

@@ -31,7 +31,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 def n_hooks(m): return sum(len(s._forward_hooks) for s in m.modules())
 
 _MODELS = {}
@@ -44,10 +44,6 @@ def model(name='resnet18', **kw):
     m = _MODELS[key]; m.zero_grad(set_to_none=True)
     return m
 
-def distinct(x):
-    "A per-sample offset, so every feature of a sample differs from the same feature of any other sample"
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def manual_forward(m, x, layer, mix):
     "Our CIFAR net or timm's ResNet run by hand, `mix` applied to the activation at `layer`"

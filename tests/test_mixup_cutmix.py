@@ -19,7 +19,7 @@ ATOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bf
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 
 @st.composite
 def batches(draw, min_n=1, max_n=6, dtypes=DTYPES):
@@ -32,10 +32,6 @@ def batches(draw, min_n=1, max_n=6, dtypes=DTYPES):
     y = torch.randint(0, 5, (n,), generator=g)
     return x, y, seed
 
-def distinct(x):
-    "Add a distinct per-sample offset, so every pixel of a sample differs from the same pixel of any other sample"
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def is_perm(idx, n): return torch.equal(idx.sort().values.cpu(), torch.arange(n))
 

@@ -16,12 +16,8 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 
-def distinct(x):
-    "Add a distinct per-sample offset, so every pixel of a sample differs from the same pixel of any other sample"
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def area(b): return int((b[1] - b[0]) * (b[3] - b[2]))
 

@@ -19,7 +19,7 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, distinct
 
 @st.composite
 def batches(draw, min_n=1, max_n=6, max_side=12, dtypes=DTYPES):
@@ -31,10 +31,6 @@ def batches(draw, min_n=1, max_n=6, max_side=12, dtypes=DTYPES):
     x = torch.randn(n, c, h, w, generator=g).to(dtype)
     return x, torch.randint(0, 5, (n,), generator=g), seed
 
-def distinct(x):
-    "Add a distinct per-sample offset, so every pixel of a sample differs from the same pixel of any other sample"
-    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
-    return (x.float().clamp(-3, 3) + off).to(x.dtype)
 
 def rect(m):
     "Whether a (H, W) bool map is one axis-aligned rectangle (or empty); returns (ok, (y1, y2, x1, x2))"

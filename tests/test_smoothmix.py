@@ -18,7 +18,7 @@ GTOL = {torch.float32: 2e-6, torch.float64: 2e-6, torch.float16: 1e-3, torch.bfl
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, Probe
 
 @st.composite
 def batches(draw, min_n=1, max_n=6, dtypes=DTYPES, min_side=1, max_side=12):
@@ -210,15 +210,6 @@ from fastai.optimizer import SGD
 from fastai.torch_core import set_seed
 import fastai.callback.progress  # noqa: F401  Learner.no_bar
 
-class Probe(Callback):
-    "Per training batch: whether it was mixed, and the loss trained on against the mixed loss recomputed"
-    order = 10
-    def __init__(self): self.log = []
-    def after_loss(self):
-        if not self.training: return
-        mcb = next(c for c in self.learn.cbs if isinstance(c, MixCallback))
-        self.log.append((mcb.res is not None, isinstance(self.learn.loss_func, MixedLoss),
-                         abs(self.learn.loss.item() - mcb.res.loss(self.learn.pred.detach(), mcb.old_lf).item())))
 
 @pytest.mark.parametrize('cb', [lambda: SmoothMixCallback(), lambda: SmoothMixCallback(sigma=None, alpha=1., lam_mode='sample')])
 def test_callback_trains_and_restores(tmp_path, cb):

@@ -25,7 +25,7 @@ FUSED3 = ('mixup', 'cutmix', 'vanilla')
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
 
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen
 
 @st.composite
 def batches(draw, min_n=1, max_n=6, min_hw=1, dtypes=DTYPES):

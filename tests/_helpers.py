@@ -1,0 +1,21 @@
+"Helpers shared by the test suites: seeded generators, per-sample distinct batches, a loss probe for callbacks"
+import torch
+from fastai.callback.core import Callback
+from openmixup_nb.callback import MixCallback, MixedLoss
+
+def gen(seed): return torch.Generator().manual_seed(seed)
+
+def distinct(x):
+    "Add a distinct per-sample offset, so every pixel of a sample differs from the same pixel of any other sample"
+    off = 10. * torch.arange(len(x), dtype=torch.float32).view(-1, *[1]*(x.ndim-1))
+    return (x.float().clamp(-3, 3) + off).to(x.dtype)
+
+class Probe(Callback):
+    "Per training batch: whether it was mixed, and the loss trained on against the mixed loss recomputed"
+    order = 10
+    def __init__(self): self.log = []
+    def after_loss(self):
+        if not self.training: return
+        mcb = next(c for c in self.learn.cbs if isinstance(c, MixCallback))
+        self.log.append((mcb.res is not None, isinstance(self.learn.loss_func, MixedLoss),
+                         abs(self.learn.loss.item() - mcb.res.loss(self.learn.pred.detach(), mcb.old_lf).item())))
