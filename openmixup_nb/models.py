@@ -6,14 +6,15 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/models.html.md"""
 
 # %% ../nbs/06_models.ipynb #deddd7f4
 from __future__ import annotations
-import contextlib, math
+import contextlib, math, sys
 from typing import Callable, Sequence
 import torch
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['CIFAR_MODELS', 'BasicBlock', 'Bottleneck', 'PreActBlock', 'CIFARNet', 'ResNetCIFAR', 'PreActResNetCIFAR',
-           'WideResNet', 'create_model', 'stage_modules', 'stage_outputs', 'stage_hook']
+           'WideResNet', 'create_model', 'stage_modules', 'stage_outputs', 'stage_hook', 'mask_layer_default',
+           'feature_channels', 'feature_map']
 
 # %% ../nbs/06_models.ipynb #ec91768e
 def _make_divisible(c:float, divisor:int=8):
@@ -279,6 +280,15 @@ def _is_stem(first:dict, second:dict) -> bool:
     top = lambda f: f['module'].split('.')[0]
     return first['reduction'] <= 2 and ('stem' in first['module'] or top(first) != top(second))
 
+def _timm_stage_info(m:nn.Module, include_stem:bool=False) -> list[dict]:
+    "timm's `feature_info` entries of the stages (the stem entry dropped unless `include_stem`)."
+    fi = getattr(m, 'feature_info', None)
+    if fi is None:
+        raise ValueError(f"{type(m).__name__} has no `feature_info`: pass one of our CIFAR models or a timm model")
+    fi = list(fi.get_dicts() if hasattr(fi, 'get_dicts') else fi)
+    if not include_stem and len(fi) > 1 and _is_stem(fi[0], fi[1]): fi = fi[1:]
+    return fi
+
 # %% ../nbs/06_models.ipynb #9912bca2
 def stage_modules(
     model:nn.Module,           # one of our `CIFARNet`s or a timm model (with `feature_info`)
@@ -287,12 +297,7 @@ def stage_modules(
     "The modules whose outputs are the model's stage features, shallow to deep."
     m = _unwrap(model)
     if isinstance(m, CIFARNet): return ([m.stem] if include_stem else []) + list(m.stages)
-    fi = getattr(m, 'feature_info', None)
-    if fi is None:
-        raise ValueError(f"{type(m).__name__} has no `feature_info`: pass one of our CIFAR models or a timm model")
-    fi = list(fi.get_dicts() if hasattr(fi, 'get_dicts') else fi)
-    if not include_stem and len(fi) > 1 and _is_stem(fi[0], fi[1]): fi = fi[1:]
-    return [m.get_submodule(f['module']) for f in fi]
+    return [m.get_submodule(f['module']) for f in _timm_stage_info(m, include_stem)]
 
 # %% ../nbs/06_models.ipynb #f9324fcd
 class _StopForward(Exception):
@@ -336,3 +341,82 @@ def stage_hook(
     h = stage_modules(model, include_stem)[idx].register_forward_hook(lambda mod, inp, out: fn(out))
     try: yield model
     finally: h.remove()
+
+# %% ../nbs/06_models.ipynb #34d1ae2b
+_TAPS_SUPPORTED = ("our CIFAR nets (`create_model('resnet18')`, ...), timm ResNet/ResNeXt, timm ConvNeXt and timm "
+                   "VisionTransformer/DeiT (also distilled or with register tokens)")
+
+def _tap_kind(model:nn.Module) -> str:
+    "'map' when the model's stage outputs are NCHW maps, 'tokens' for ViT blocks; ValueError for other models."
+    m = _unwrap(model)
+    if isinstance(m, CIFARNet): return 'map'
+    if 'timm' in sys.modules:  # a timm model exists only once timm is imported
+        from timm.models.resnet import ResNet
+        from timm.models.convnext import ConvNeXt
+        from timm.models.vision_transformer import VisionTransformer
+        if isinstance(m, (ResNet, ConvNeXt)): return 'map'
+        if isinstance(m, VisionTransformer): return 'tokens'
+    fmt = getattr(m, 'output_fmt', 'NCHW')
+    why = f" (its stages return channels-last {fmt} maps)" if fmt != 'NCHW' else ''
+    raise ValueError(f"Cannot tap the features of {type(m).__name__}{why}. Supported: {_TAPS_SUPPORTED}.")
+
+def _stage_info(model:nn.Module) -> list[dict]:
+    "`feature_info` entries matching `stage_modules(model)` one to one."
+    m = _unwrap(model)
+    return list(m.feature_info) if isinstance(m, CIFARNet) else _timm_stage_info(m)
+
+def _tap_layer(model:nn.Module, layer:int|None, n:int) -> int:
+    "`layer` (default `mask_layer_default`) as an index in [0, n); ValueError when out of range or not an int."
+    if layer is None: return mask_layer_default(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        raise ValueError(f"`layer` must be a stage index in [-{n}, {n}) for {type(_unwrap(model)).__name__} "
+                         f"({n} stages), got {layer!r}")
+    return layer % n
+
+# %% ../nbs/06_models.ipynb #05faf275
+def mask_layer_default(
+    model:nn.Module,   # one of our `CIFARNet`s, a timm ResNet/ConvNeXt or a timm ViT/DeiT
+) -> int:
+    "Index into `stage_modules(model)` of the stage whose output OpenMixup's learnable mixers read (reference §27.1)."
+    kind,m = _tap_kind(model),_unwrap(model)
+    if kind == 'tokens': return max(len(m.blocks)//2 - 1, 0)  # block 6 of 12
+    return max(len(stage_modules(m)) - 2, 0)                  # stage 3 of 4 (ResNet, ConvNeXt), stage 2 of 3 (WRN)
+
+# %% ../nbs/06_models.ipynb #f372e4ec
+def feature_channels(
+    model:nn.Module,        # one of our `CIFARNet`s, a timm ResNet/ConvNeXt or a timm ViT/DeiT
+    layer:int|None=None,    # stage index into `stage_modules` (default: `mask_layer_default(model)`)
+) -> int:
+    "Channels of `feature_map(model, x, layer)`, read from the model's `feature_info` (no forward pass)."
+    _tap_kind(model)
+    info = _stage_info(model)
+    return int(info[_tap_layer(model, layer, len(info))]['num_chs'])
+
+# %% ../nbs/06_models.ipynb #5f36f1d2
+def feature_map(
+    model:nn.Module,        # one of our `CIFARNet`s, a timm ResNet/ConvNeXt or a timm ViT/DeiT
+    x:Tensor,               # input batch (N, C, H, W), any size the model accepts
+    layer:int|None=None,    # stage index into `stage_modules` (default: `mask_layer_default(model)`)
+) -> Tensor:
+    "Output of stage `layer` as an (N, C, h, w) map; the forward stops right after that stage."
+    kind,m = _tap_kind(model),_unwrap(model)
+    if x.ndim != 4: raise ValueError(f"`x` must be an image batch (N, C, H, W), got shape {tuple(x.shape)}")
+    i = _tap_layer(model, layer, len(stage_modules(m)))
+    H,W = x.shape[-2:]
+    if kind == 'tokens' and not getattr(m, 'dynamic_img_size', False) and (H,W) != tuple(m.patch_embed.img_size):
+        raise ValueError(f"`x` is {H}x{W} but {type(m).__name__} was built for {tuple(m.patch_embed.img_size)}: create "
+                         f"it with `img_size=({H}, {W})` or `dynamic_img_size=True`")
+    out, = stage_outputs(model, x, idxs=[i], stop_early=True)
+    if kind == 'map':
+        if out.ndim != 4 or out.shape[1] != feature_channels(m, i):
+            raise ValueError(f"stage {i} of {type(m).__name__} returned shape {tuple(out.shape)}, not (N, "
+                             f"{feature_channels(m, i)}, h, w)")
+        return out
+    # ViT block output: (N, prefix + gh*gw, C) tokens, patches in row-major order after the prefix (cls, dist, registers)
+    N,L,C = out.shape
+    gh,gw = m.patch_embed.dynamic_feat_size((H, W))
+    p = m.num_prefix_tokens
+    if L != p + gh*gw:
+        raise ValueError(f"block {i} of {type(m).__name__} returned {L} tokens, expected {p} prefix + {gh}x{gw} "
+                         f"patches (token dropping is not supported)")
+    return out[:, p:].reshape(N, gh, gw, C).permute(0, 3, 1, 2).contiguous()
