@@ -45,6 +45,19 @@ def _add_param_group(opt, params, **hypers):
         opt.param_lists.append(type(opt.param_lists[0])(params))
         opt.hypers.append({**opt.hypers[-1], **hypers})
 
+def _remove_param_group(opt, params):
+    "Remove the group holding `params` from a fastai optimizer (or the torch optimizer it wraps), with their state"
+    ids = {id(p) for p in params}
+    groups = opt.opt.param_groups if isinstance(opt, OptimWrapper) else opt.param_lists
+    i = next((i for i, g in enumerate(groups) if any(id(p) in ids for p in (g['params'] if isinstance(g, dict) else g))), None)
+    if i is None: return
+    if isinstance(opt, OptimWrapper):
+        for p in opt.opt.param_groups.pop(i)['params']: opt.opt.state.pop(p, None)
+    else:
+        for p in opt.param_lists.pop(i): opt.state.pop(p, None)
+        opt.hypers.pop(i)
+
+
 # %% ../nbs/01_callback.ipynb #de8a3bc7
 class MixCallback(Callback):
     "Base of the mixing callbacks: mixes each training batch with `mix` and trains on the mixed loss"
@@ -111,8 +124,9 @@ class MixCallback(Callback):
     def state_dict(self)->dict:
         "State of the callback's learnable modules (empty for hand-crafted methods)"
         return self.mix_modules.state_dict()
-    def load_state_dict(self, sd:dict):
-        "Load what `state_dict` returned"
+    def load_state_dict(self, sd:dict|None):
+        "Load what `state_dict` returned (None: the checkpoint was saved without this callback)"
+        if sd is None: raise FileNotFoundError(f"the checkpoint holds no state for {type(self).__name__} (its .mix.pth file is missing)")
         self.mix_modules.load_state_dict(sd)
 
 # %% ../nbs/01_callback.ipynb #5d0535f3
@@ -139,7 +153,35 @@ def _mix_cbs(learn): return [cb for cb in learn.cbs if isinstance(cb, MixCallbac
 def _mix_file(file): return Path(file).with_suffix('.mix.pth')
 
 # %% ../nbs/01_callback.ipynb #9b337a38
-_fastai_save, _fastai_load = Learner.save, Learner.load
+_fastai_save, _fastai_load, _fastai_create_opt, _fastai_remove_cb, _fastai_freeze_to = \
+    Learner.save, Learner.load, Learner.create_opt, Learner.remove_cb, Learner.freeze_to
+
+@patch
+def create_opt(self:Learner):
+    "fastai's `Learner.create_opt`, plus a group for each `MixCallback`'s learnable modules, so schedulers see every group"
+    _fastai_create_opt(self)
+    for cb in self.cbs:
+        if isinstance(cb, MixCallback): cb.add_param_group()
+
+@patch
+def remove_cb(self:Learner, cb):
+    "fastai's `Learner.remove_cb`; a `MixCallback` takes its modules' optimizer group with it (so `export` works)"
+    if isinstance(cb, MixCallback) and self.opt is not None and len(cb.mix_modules):
+        _remove_param_group(self.opt, list(cb.mix_modules.parameters()))
+    return _fastai_remove_cb(self, cb)
+
+def _n_mix_groups(learn):
+    "How many of the optimizer's groups hold the parameters of the learner's `MixCallback`s"
+    ids = {id(p) for cb in learn.cbs if isinstance(cb, MixCallback) for p in cb.mix_modules.parameters()}
+    return sum(any(id(p) in ids for p in pl) for pl in learn.opt.param_lists)
+
+@patch
+def freeze_to(self:Learner, n:int):
+    "fastai's `Learner.freeze_to`, with negative `n` counted from the model's last group (mix modules stay trainable)"
+    if n < 0:
+        if self.opt is None: self.create_opt()
+        n -= _n_mix_groups(self)
+    return _fastai_freeze_to(self, n)
 
 @patch
 def save(self:Learner, file, **kwargs):
@@ -159,7 +201,7 @@ def load(self:Learner, file, device=None, **kwargs):
     res = _fastai_load(self, file, device=device, **kwargs)
     if cbs:
         path = _mix_file(Path(self.path)/self.model_dir/f'{file}.pth' if not Path(file).suffix else file)
-        if not path.exists(): raise FileNotFoundError(f"{path.name} holds the state of {[type(c).__name__ for c in cbs]} and is missing")
-        sd = torch.load(path, map_location=device or self.dls.device)
-        for cb in cbs: cb.load_state_dict(sd[type(cb).__name__])
+        # a checkpoint saved without mixing callbacks has no such file: each callback decides what that means
+        sd = torch.load(path, map_location=device or self.dls.device) if path.exists() else None
+        for cb in cbs: cb.load_state_dict(None if sd is None else sd[type(cb).__name__])
     return res

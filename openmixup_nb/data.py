@@ -226,6 +226,7 @@ class CifarTensors:
     def c(self): return len(self.vocab)
     @property
     def loss_func(self): return CrossEntropyLossFlat()  # what `Learner` uses when no loss is given
+    def new_empty(self): return self.subset(slice(0, 0)) # what `Learner.export` keeps of a dataset
     def subset(self, idxs): return CifarTensors(self.x[idxs], None if self.y is None else self.y[idxs], self.vocab, self.split_idx)
     def decode(self, o, full=True):
         "Turn a sample (image, label ints...) into (image, `Category` names...) for showing."
