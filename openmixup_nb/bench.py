@@ -21,7 +21,8 @@ from fastai.metrics import accuracy
 from fastai.optimizer import SGD
 from fastai.torch_core import set_seed
 from .callbacks import (MixCallback, MixupCallback, CutMixCallback, MixSwitchCallback, SmoothMixCallback, GridMixCallback,
-                                    ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback)
+                                    ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback,
+                                    AutoMixCallback, SAMixCallback, AdAutoMixCallback)
 from .data import cifar_dls, cifar_tensors
 from .models import create_model
 
@@ -31,7 +32,8 @@ __all__ = ['CIFAR_ALPHAS', 'METHODS', 'method_callback', 'TrainTimer', 'train_on
 
 # %% ../nbs/07_bench.ipynb #85e6277a
 CIFAR_ALPHAS = {'mixup': 1., 'cutmix': 0.2, 'smoothmix': 0.2, 'gridmix': 0.2, 'resizemix': 1., 'fmix': 0.2,
-                'saliencymix': 0.2, 'manifoldmix': 2., 'patchup': 2.} # OpenMixup's α for CIFAR ResNets (PatchUp: its paper's)
+                'saliencymix': 0.2, 'manifoldmix': 2., 'patchup': 2., # OpenMixup's α for CIFAR ResNets (PatchUp: its paper's)
+                'automix': 2., 'samix': 2., 'adautomix': 1.}
 
 METHODS = {
     'vanilla': lambda alpha: None,
@@ -45,6 +47,9 @@ METHODS = {
     'saliencymix': lambda alpha: SaliencyMixCallback(alpha),
     'manifoldmix': lambda alpha: ManifoldMixCallback(alpha),
     'patchup': lambda alpha: PatchUpCallback(alpha=alpha),
+    'automix': lambda alpha: AutoMixCallback(alpha),
+    'samix': lambda alpha: SAMixCallback(alpha),
+    'adautomix': lambda alpha: AdAutoMixCallback(alpha),
 }
 
 def method_callback(name:str, # a key of `METHODS`
@@ -55,15 +60,16 @@ def method_callback(name:str, # a key of `METHODS`
 
 # %% ../nbs/07_bench.ipynb #0edd2b12
 class TrainTimer(Callback):
-    "Time spent in training phases (excluding validation) and the number of training images seen"
+    "Time (wall clock and this process's CPU time) spent in training phases, excluding validation, and the images seen"
     order = -5
-    def before_fit(self): self.train_time, self.n_seen = 0., 0
+    def before_fit(self): self.train_time, self.cpu_time, self.n_seen = 0., 0., 0
     def before_train(self):
-        self._sync(); self._t = time.perf_counter()
+        self._sync(); self._t, self._c = time.perf_counter(), time.process_time()
     def after_batch(self):
         if self.training: self.n_seen += self.learn.yb[0].shape[0]
     def after_train(self):
         self._sync(); self.train_time += time.perf_counter() - self._t
+        self.cpu_time += time.process_time() - self._c
     def _sync(self):
         if torch.cuda.is_available() and self.dls.device.type == 'cuda': torch.cuda.synchronize()
 
@@ -74,6 +80,13 @@ def _peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'cpu_peak_rss'
 
 def _median_last(accs, last): return float(statistics.median(accs[-last:]))
+
+def _column(recorder, name):
+    "The per-epoch values of the recorder's column `name` (e.g. 'accuracy', 'ema_accuracy'), None if it has none"
+    names = list(recorder.metric_names)
+    if name not in names: return None
+    i = names.index(name) - 1 # the rows of `recorder.values` have no 'epoch' entry
+    return [float(v[i]) for v in recorder.values]
 
 # %% ../nbs/07_bench.ipynb #ce5178f7
 def train_one(method:str='vanilla', # a key of `METHODS`
@@ -108,16 +121,21 @@ def train_one(method:str='vanilla', # a key of `METHODS`
     t0 = time.perf_counter()
     with learn.no_logging(): learn.fit(epochs, lr, wd=wd, cbs=sched)
     wall = time.perf_counter() - t0
-    accs = [float(v[2]) for v in learn.recorder.values]
+    rec = learn.recorder
+    accs, ema = _column(rec, 'accuracy'), _column(rec, 'ema_accuracy') # the classifier's and (learned mixing) the EMA's
     last = last or (10 if epochs >= 50 else max(1, epochs // 5))
     mem, mem_kind = _peak_memory(dls.device)
-    return dict(method=method, alpha=getattr(cb, 'alpha', None), seed=seed, dataset=dataset, arch=arch, width=width,
-                epochs=epochs, n_train=len(dls.train.dataset), n_valid=len(dls.valid.dataset),
-                top1=100*_median_last(accs, last), top1_last_epochs=last, top1_best=100*max(accs),
-                top1_per_epoch=[round(100*a, 2) for a in accs],
-                train_loss=float(learn.recorder.values[-1][0]), wall_s=wall, train_s=timer.train_time,
-                train_img_s=timer.n_seen / max(timer.train_time, 1e-9), peak_mem_mib=mem, mem_kind=mem_kind,
-                device=str(dls.device))
+    res = dict(method=method, alpha=getattr(cb, 'alpha', None), seed=seed, dataset=dataset, arch=arch, width=width,
+               epochs=epochs, n_train=len(dls.train.dataset), n_valid=len(dls.valid.dataset),
+               top1=100*_median_last(accs, last), top1_last_epochs=last, top1_best=100*max(accs),
+               top1_per_epoch=[round(100*a, 2) for a in accs],
+               train_loss=_column(rec, 'train_loss')[-1], wall_s=wall, train_s=timer.train_time,
+               train_cpu_s=timer.cpu_time, train_img_s=timer.n_seen / max(timer.train_time, 1e-9),
+               peak_mem_mib=mem, mem_kind=mem_kind, device=str(dls.device))
+    if ema is not None:
+        res.update(ema_top1=100*_median_last(ema, last), ema_top1_best=100*max(ema),
+                   ema_top1_per_epoch=[round(100*a, 2) for a in ema])
+    return res
 
 # %% ../nbs/07_bench.ipynb #9fbea951
 def _child(q, kwargs):

@@ -7,7 +7,8 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/callbacks.html.md"""
 # %% auto #0
 __all__ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
            'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
-           'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback']
+           'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
+           'SAMixCallback', 'AdAutoMixCallback']
 
 # %% ../nbs/04_callbacks.ipynb #0bfb1196
 from .callback import MixCallback, MixedLoss
@@ -21,8 +22,11 @@ from .fmix import FMixCallback
 from .saliencymix import SaliencyMixCallback
 from .attentivemix import AttentiveMixCallback
 from .manifoldmix import FeatureMixCallback, ManifoldMixCallback, PatchUpCallback
+from .automix import LearnableMixCallback, AutoMixCallback, SAMixCallback
+from .adautomix import AdAutoMixCallback
 
 # %% ../nbs/04_callbacks.ipynb #1b1b25ed
 _all_ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
          'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
-         'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback']
+         'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
+         'SAMixCallback', 'AdAutoMixCallback']
