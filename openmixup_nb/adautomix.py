@@ -144,7 +144,8 @@ def _mix_k(x, y, indices, lams, masks):
 def _cosine(z, z_src, indices, lams):
     "S = mean over n of `Σ_k λ_k·cos(z_n, z_src[indices[k, n]])`: the mix's prediction against its sources'"
     cos = F.cosine_similarity(z[None], z_src[indices], dim=-1) # (K, N)
-    return (torch.tensor(lams, device=z.device)[:, None] * cos).sum(0).mean()
+    w = torch.stack([z.new_full((), l, dtype=cos.dtype) for l in lams]) # fill kernels: no host-to-device copy
+    return (w[:, None] * cos).sum(0).mean()
 
 # %% ../nbs/21_adautomix.ipynb #68e8e493
 _ADA_DEFAULTS = {'cifar': dict(mix_samples=3, beta=0.3, lam_concat=False, momentum_end=0.999999),
@@ -216,7 +217,7 @@ class AdAutoMixCallback(LearnableMixCallback):
                 parts['cos'] = w_gen * (1 - beta) * (s if self.openmixup_cosine else 1 - s)
             self.settle(parts, 'gen', 'cos')
         # the classifier's batch: generated masks without gradient, or linear K-mixup within the margin
-        const = torch.tensor(lam_bb, device=x.device).view(1, K, 1, 1)
+        const = torch.stack([torch.full((), l, device=x.device) for l in lam_bb]).view(1, K, 1, 1) # no host-to-device copy
         if lam_bb[0] <= m or lam_bb[0] >= 1 - m: masks = const
         else:
             with torch.no_grad(): masks = self.mixblock(feat, idx_bb, lam_bb, size)
