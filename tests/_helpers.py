@@ -1,9 +1,20 @@
 "Helpers shared by the test suites: seeded generators, per-sample distinct batches, a loss probe for callbacks"
-import torch
+import pytest, torch
 from fastai.callback.core import Callback
 from openmixup_nb.callback import MixCallback, MixedLoss
 
 def gen(seed): return torch.Generator().manual_seed(seed)
+
+@pytest.fixture(autouse=True)
+def _seed(): torch.manual_seed(0)
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "One thread, for the suites that import it: they run on a small shared CPU"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def distinct(x):
     "Add a distinct per-sample offset, so every pixel of a sample differs from the same pixel of any other sample"

@@ -16,18 +16,7 @@ from openmixup_nb.models import create_model
 FAST = settings(max_examples=40, deadline=None)
 FDTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One thread: the suite runs on a small shared CPU"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-def gen(seed): return torch.Generator().manual_seed(seed)
+from _helpers import gen, _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 def sources(n, K, g):
     "Source lists (K, n): identity, then K-1 permutations"
