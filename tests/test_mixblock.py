@@ -18,15 +18,7 @@ CONFIGS = {
 }
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One intra-op thread: tiny convs gain nothing from more, and spinning threads crawl on a shared CPU"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 def _randomise(blk, std=0.7):
     "Weights large enough for a structured mask (the paper init gives masks ≈ ½), random BN running stats"

@@ -16,15 +16,7 @@ EXACT = {'resnet18': 11_173_962, 'resnet34': 21_282_122, 'resnet50': 23_520_842,
 def n_params(m): return sum(p.numel() for p in m.parameters())
 def n_hooks(m): return sum(len(s._forward_hooks) + len(s._forward_pre_hooks) for s in m.modules())
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One intra-op thread: these tiny convs gain little from more, and spin-waiting threads crawl on a shared CPU."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 @pytest.mark.parametrize('name', list(PUBLISHED))
 def test_param_counts(name):

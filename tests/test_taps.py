@@ -10,15 +10,7 @@ from openmixup_nb.models import (CIFAR_MODELS, create_model, feature_channels, f
 FAST = settings(max_examples=15, deadline=None)
 warnings.filterwarnings('ignore', category=FutureWarning)
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One intra-op thread: tiny models gain nothing from more, and spin-waiting threads crawl on a shared CPU."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 def n_hooks(m): return sum(len(s._forward_hooks) + len(s._forward_pre_hooks) for s in m.modules())
 
