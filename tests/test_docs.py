@@ -56,11 +56,11 @@ def _offending_cells(nb):
            not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): bad.append((i, src[:80]))
     return bad
 
-@pytest.mark.parametrize('nb', sorted(NBS.glob('*.ipynb')), ids=lambda p: p.name)
+@pytest.mark.parametrize('nb', sorted(NBS.rglob('*.ipynb')), ids=lambda p: str(p.relative_to(NBS)))
 def test_import_cells_hold_imports_only(nb):
     assert _offending_cells(nb) == []
 
-@pytest.mark.parametrize('nb', sorted(NBS.glob('*.ipynb')), ids=lambda p: p.name)
+@pytest.mark.parametrize('nb', sorted(NBS.rglob('*.ipynb')), ids=lambda p: str(p.relative_to(NBS)))
 def test_no_machine_paths_or_errors_in_outputs(nb):
     for c in json.loads(nb.read_text())['cells']:
         for o in c.get('outputs', []):
@@ -84,4 +84,4 @@ def test_proc_nbs_builds_docs_input(tmp_path):
     assert 'Traceback' not in out and 'Error' not in out.replace('ValueError', '').replace('TypeError', ''), out[-3000:]
     proc = tmp_path/'_proc'
     assert (proc/'_quarto.yml').exists() and (proc/'nbdev.yml').exists()
-    for nb in NBS.glob('*.ipynb'): assert (proc/nb.name).exists(), nb.name
+    for nb in NBS.rglob('*.ipynb'): assert (proc/nb.relative_to(NBS)).exists(), nb.name
