@@ -54,7 +54,8 @@ class AdaptiveMask(nn.Module):
                  lam_concat:bool=False, # give source k's features λ_k as one more constant channel (ImageNet configs)
                  use_scale:bool=True, # divide the attention logits by √C_r
                  upsample:str='bilinear', # `F.interpolate` mode to the image size: 'bilinear', 'nearest' or 'bicubic'
-                 init_std:float=0.01): # std of the normal init of the 1×1 convolutions (biases 0), as in OpenMixup
+                 init_std:float=0.01, # std of the normal init of the 1×1 convolutions (biases 0), as in OpenMixup
+    ):
         super().__init__()
         if not _is_int(in_channels) or in_channels < 1: raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
         if not _is_int(reduction) or reduction < 1: raise ValueError(f"reduction must be an int >= 1, got {reduction!r}")
@@ -76,7 +77,8 @@ class AdaptiveMask(nn.Module):
     def forward(self, feat:Tensor, # features of the clean batch (N, C, h, w), any float dtype
                 indices:Tensor, # (K, N): source k of sample n is `feat[indices[k, n]]`
                 lams:Tensor|Sequence[float]|None, # λ of each source, (K,) or (K, N); needed with `lam_concat`
-                size:tuple[int,int])->Tensor: # image size (H, W) of the masks
+                size:tuple[int,int], # image size (H, W) of the masks
+    )->Tensor:
         "Mixing weights (N, K, H, W), float32, a softmax over the K sources at every pixel"
         if not isinstance(feat, Tensor) or feat.ndim != 4 or not feat.is_floating_point():
             what = f"{feat.dtype} of shape {tuple(feat.shape)}" if isinstance(feat, Tensor) else type(feat).__name__
@@ -101,7 +103,8 @@ class AdaptiveMask(nn.Module):
 # %% ../nbs/learned/03_adautomix.ipynb #2f4f89ba
 def mix_sources(x:Tensor, # clean batch (N, C, H, W)
                 masks:Tensor, # weights (N or 1, K, H or 1, W or 1), e.g. `AdaptiveMask`'s output or constant λ_k
-                indices:Tensor)->Tensor: # (K, N): source k of sample n is `x[indices[k, n]]`
+                indices:Tensor, # (K, N): source k of sample n is `x[indices[k, n]]`
+)->Tensor:
     "`Σ_k masks[:, k]·x[indices[k]]` in `x`'s dtype, differentiable in `masks` (and `x`)"
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
         what = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

@@ -71,7 +71,8 @@ def attention_grid(teacher:nn.Module, # frozen network: `forward_features(x)` or
 def attentive_mask(score:Tensor, # (N, s_h, s_w) attention of each image's grid cells
                    lam:float|Tensor, # λ₀: a float, (1,) or (N,); k = clamp(floor(s_h·s_w·λ₀), 1, s_h·s_w)
                    H:int, W:int, # image height and width
-                   top_k:int|None=None)->Tensor: # a fixed number of cells instead (the paper: 6)
+                   top_k:int|None=None, # a fixed number of cells instead (the paper: 6)
+)->Tensor:
     "Bool mask (N, 1, H, W): True on the k best-scored cells of each image, nearest-upsampled to H×W"
     if not isinstance(score, Tensor) or score.ndim != 3: raise ValueError(f"score must be (N, s_h, s_w), got shape {tuple(getattr(score, 'shape', ()))}")
     _check_top_k(top_k)
@@ -102,7 +103,8 @@ def attentivemix(x:Tensor, # images (N, C, H, W), floats, normalised as the teac
                  generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
                  top_k:int|None=None, # a fixed number of kept cells instead of floor(s²·λ₀) (the paper: 6)
                  feat_size:int|tuple|None=224, # the teacher sees the images resized to this (None: as they are)
-                 inplace:bool=False)->MixResult: # write the result into `x` (saves a copy; the caller's batch changes)
+                 inplace:bool=False, # write the result into `x` (saves a copy; the caller's batch changes)
+)->MixResult:
     "AttentiveMix: each image keeps its k most attended grid cells and takes the rest from its partner"
     lam0, index = mix_params(x, y, alpha, lam, index, lam_mode, False, pairing, generator, min_dim=4)
     if x.ndim != 4: raise ValueError(f"x must be an image batch (N, C, H, W), got shape {tuple(x.shape)}")
@@ -123,7 +125,8 @@ class AttentiveMixCallback(MixCallback):
                  lam_mode:str='batch', # 'batch': one k per batch; 'sample': one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         _check_teacher(teacher); _check_top_k(top_k); _feat_size(feat_size)
         super().__init__(p=p)
@@ -154,7 +157,8 @@ class Renormalize(nn.Module):
     "A teacher that takes batches normalised with `src` (mean, std) and sees them normalised with `dst`"
     def __init__(self, teacher:nn.Module, # the network, trained on `dst`-normalised images
                  src=CIFAR_STATS, # (mean, std) per channel of the batches it will get
-                 dst=imagenet_stats): # (mean, std) per channel it was trained with (ImageNet's)
+                 dst=imagenet_stats, # (mean, std) per channel it was trained with (ImageNet's)
+    ):
         super().__init__()
         _check_teacher(teacher)
         self.teacher = teacher

@@ -27,7 +27,8 @@ __all__ = ['cosine_momentum', 'ema_update_', 'frozen_copy', 'automix_pair', 'EMA
 def cosine_momentum(pct:float, # fraction of training done, in [0, 1]
                     base:float=0.999, # momentum at the start (and through the warm-up)
                     end:float=0.999999, # momentum at the end (CIFAR 0.999999, ImageNet 0.99999, ViTs 0.99996)
-                    warmup:float=0.1)->float: # fraction of training held at `base` (OpenMixup's `adjust_scope[0]`)
+                    warmup:float=0.1, # fraction of training held at `base` (OpenMixup's `adjust_scope[0]`)
+)->float:
     "OpenMixup's `CosineScheduleHook`: `base` during the warm-up, then `end - (end - base)·(cos(π·pct) + 1)/2`"
     if pct < warmup: return base
     return end - (end - base) * (math.cos(math.pi * pct) + 1) / 2
@@ -42,7 +43,8 @@ def _ema_pairs(ema, model):
 @torch.no_grad()
 def ema_update_(ema:nn.Module, # the momentum encoder, updated in place
                 model:nn.Module, # the trained model it follows (same architecture)
-                momentum:float): # m: θ_ema ← m·θ_ema + (1-m)·θ
+                momentum:float, # m: θ_ema ← m·θ_ema + (1-m)·θ
+):
     "EMA of the parameters (buffers are left alone: the EMA's own forwards update them); m >= 1 freezes the EMA"
     if momentum >= 1: return
     e, q = _ema_pairs(ema, model)
@@ -79,7 +81,8 @@ def automix_pair(x:Tensor, # clean batch (N, C, H, W)
                  lam_mb:float, lam_bb:float, # λ of the generator branch and of the classifier branch
                  index_mb:Tensor, index_bb:Tensor, # partners (N,) of the two branches
                  lam_margin:float=0.08, # λ_bb (or 1-λ_bb) <= margin: the classifier gets plain Mixup
-                 adjust:bool=False)->tuple[MixResult, MixResult]: # rescale the classifier's masks to mean λ_bb
+                 adjust:bool=False, # rescale the classifier's masks to mean λ_bb
+)->tuple[MixResult, MixResult]:
     "AutoMix's two mixed batches: the classifier's (detached mask) and the generator's (mask in the graph)"
     size = tuple(x.shape[-2:])
     m_mb = generator(feat, lam_mb, index_mb, size)
@@ -135,7 +138,8 @@ class LearnableMixCallback(MixCallback):
                  ema_train:bool=True, # run the EMA encoder in train mode while training (OpenMixup), else eval mode
                  ema_metrics:bool=True, # report every learner metric on the EMA encoder too (`ema_<name>`)
                  split_backward:bool=True, # backpropagate each branch as soon as its loss exists (same gradient, less memory)
-                 generator:torch.Generator|None=None): # CPU generator for λ and partners; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator for λ and partners; default: torch's global RNG
+    ):
         check_mix_args(alpha, generator=generator)
         for k, v in dict(momentum=momentum, momentum_end=momentum_end).items():
             if v is not None and not 0 <= v <= 1: raise ValueError(f"{k} must lie in [0, 1], got {v}")

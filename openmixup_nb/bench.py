@@ -53,7 +53,8 @@ METHODS = {
 }
 
 def method_callback(name:str, # a key of `METHODS`
-                    alpha:float|None=None): # None: the benchmark's CIFAR α
+                    alpha:float|None=None, # None: the benchmark's CIFAR α
+):
     "The callback that trains with method `name` (None for vanilla training)"
     if name not in METHODS: raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     return METHODS[name](CIFAR_ALPHAS.get(name) if alpha is None else alpha)
@@ -104,7 +105,8 @@ def train_one(method:str='vanilla', # a key of `METHODS`
               last:int|None=None, # epochs whose median accuracy is reported (default: 10, or a fifth of short runs)
               seed:int=0, # seed of the model, the mixing and the data order
               device:str|None=None, # 'cpu', 'cuda', ... (default: fastai's default device)
-              progress:bool=True)->dict: # show fastai progress bars
+              progress:bool=True, # show fastai progress bars
+)->dict:
     "Train `arch` on `dataset` with `method` under the benchmark recipe; return accuracy, time and memory"
     cb = method_callback(method, alpha)
     set_seed(seed)
@@ -218,7 +220,8 @@ def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated methods
                device:str=None, # 'cpu' or 'cuda' (default: the GPU if there is one)
                out:str='omnb_results.json', # results file
                isolate:bool=True, # run each method in a fresh process (--no-isolate: all in this one)
-               progress:bool=True): # show progress bars (--no-progress: quiet)
+               progress:bool=True, # show progress bars (--no-progress: quiet)
+):
     "Train a backbone on CIFAR with each mixup method; print and save top-1, time, throughput and memory"
     al = {k: float(v) for k, v in (kv.split('=') for kv in alphas.split(','))} if alphas else None
     ms = [m.strip() for m in methods.split(',') if m.strip()]

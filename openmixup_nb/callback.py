@@ -63,7 +63,8 @@ class MixCallback(Callback):
     "Base of the mixing callbacks: mixes each training batch with `mix` and trains on the mixed loss"
     run_valid = False
     def __init__(self, p:float=1., # probability of mixing a training batch
-                 mix_hypers:dict|None=None): # hyper-parameters of the optimizer group of `mix_modules` (e.g. `{'lr': 1e-3}`)
+                 mix_hypers:dict|None=None, # hyper-parameters of the optimizer group of `mix_modules` (e.g. `{'lr': 1e-3}`)
+    ):
         if not 0 <= p <= 1: raise ValueError(f"p must lie in [0, 1], got {p}")
         self.p,self.mix_hypers,self.res = p,mix_hypers or {},None
         self.mix_modules,self._hooks = nn.ModuleDict(),[]

@@ -37,14 +37,16 @@ class MixResult:
         return 1 - self.lam if self.lam_b is None else self.lam_b
 
     def soft_target(self, n_classes:int|None=None, # classes, needed when labels are class indices
-                    smoothing:float=0.)->Tensor: # label smoothing ε: targets become t·(1-ε) + ε/C
+                    smoothing:float=0., # label smoothing ε: targets become t·(1-ε) + ε/C
+    )->Tensor:
         "Mixed (N, C) float target: `lam·t(y_a) + weight_b·t(y_b)`"
         ta,tb = (to_soft(y, n_classes, smoothing) for y in (self.y_a, self.y_b))
         return _combine(ta, tb, self.lam, self.lam_b)
 
     def loss(self, pred:Tensor, # model output (N, C, ...)
              loss_func, # any loss: fastai, `nn.*Loss`, `F.*` or one that takes soft targets
-             reduction:str|None=None)->Tensor: # 'mean', 'sum' or 'none'; default: the loss's own
+             reduction:str|None=None, # 'mean', 'sum' or 'none'; default: the loss's own
+    )->Tensor:
         "The mixed loss, weighted per sample before reduction (see `mix_loss`)"
         return mix_loss(pred, self, loss_func, reduction)
 
@@ -87,7 +89,8 @@ def _beta(alpha, n):
 def sample_lam(alpha:float, # Beta(alpha, alpha) concentration, > 0
                n:int=1, # number of λ to draw
                fold:bool=False, # replace λ by max(λ, 1-λ), as fastai's MixUp does
-               generator:torch.Generator|None=None)->Tensor: # CPU generator; default: torch's global RNG
+               generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->Tensor:
     "Draw `n` values λ ~ Beta(alpha, alpha) as a float32 CPU tensor"
     _check_alpha(alpha); _check_generator(generator)
     if generator is None: lam = _beta(float(alpha), n)
@@ -102,7 +105,8 @@ def sample_lam(alpha:float, # Beta(alpha, alpha) concentration, > 0
 # %% ../nbs/core/01_core.ipynb #75375a53
 def partner_index(n:int, # batch size
                   pairing:str='perm', # 'perm' (random permutation), 'flip' (i -> n-1-i) or 'derangement' (no i -> i)
-                  generator:torch.Generator|None=None)->Tensor: # CPU generator; default: torch's global RNG
+                  generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->Tensor:
     "Partner of every sample as a (n,) long CPU tensor"
     check_mix_args(pairing=pairing, generator=generator)
     if n < 1: raise ValueError(f"batch size must be at least 1, got {n}")
@@ -151,7 +155,8 @@ def mix_params(x:Tensor, # input batch, batch first
                fold:bool=False, # use max(λ, 1-λ) for drawn λ
                pairing:str='perm', # partner strategy, see `partner_index`
                generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
-               min_dim:int=1)->tuple[Tensor,Tensor]: # smallest number of dimensions `x` may have
+               min_dim:int=1, # smallest number of dimensions `x` may have
+)->tuple[Tensor,Tensor]:
     "Check a batch and return `(lam, index)`: λ (1,) or (N,) float32 and partners (N,) long, on `x`'s device"
     _check_batch(x, y, min_dim)
     check_mix_args(lam_mode=lam_mode)
@@ -197,7 +202,8 @@ def mask_mix(x:Tensor, # batch (N, C, H, W) or any (N, ...), floats
              y:Tensor|None, # labels (N,) or (N, C), or None
              mask:Tensor, # weight of the first sample: bool or float in [0, 1], each dim 1 or x's (batch: 1 or N)
              index:Tensor, # partner of every sample (N,)
-             inplace:bool=False)->MixResult: # write the result into `x` (saves a copy; the caller's batch changes)
+             inplace:bool=False, # write the result into `x` (saves a copy; the caller's batch changes)
+)->MixResult:
     "`mask·x + (1-mask)·x[index]`, with λ the mean of each sample's mask (the realised share of the first sample)"
     _check_batch(x, y)
     _check_mask(mask, x)
@@ -209,7 +215,8 @@ def mask_mix(x:Tensor, # batch (N, C, H, W) or any (N, ...), floats
 # %% ../nbs/core/01_core.ipynb #00325f7b
 def to_soft(y:Tensor, # class indices (N,) or float targets (N, C)
             n_classes:int|None=None, # number of classes, needed for class indices
-            smoothing:float=0.)->Tensor: # label smoothing ε: t·(1-ε) + ε/C
+            smoothing:float=0., # label smoothing ε: t·(1-ε) + ε/C
+)->Tensor:
     "Float targets from class indices or float labels, optionally label-smoothed"
     if not 0 <= smoothing < 1: raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
     if y.is_floating_point(): t = y
@@ -281,7 +288,8 @@ def _reduce(loss, reduction, norm=None):
 def mix_loss(pred:Tensor, # model output (N, C, ...)
              res:MixResult, # what the mixer returned
              loss_func, # a loss taking class indices or float targets
-             reduction:str|None=None)->Tensor: # 'mean', 'sum' or 'none'; default: the loss's own, else 'mean'
+             reduction:str|None=None, # 'mean', 'sum' or 'none'; default: the loss's own, else 'mean'
+)->Tensor:
     "Loss of a mixed batch, with every sample weighted by its own λ before reduction"
     n = res.lam.shape[0]
     if pred.shape[0] != n: raise ValueError(f"pred has {pred.shape[0]} samples but the mixed batch has {n}")
@@ -311,7 +319,8 @@ def mix_loss(pred:Tensor, # model output (N, C, ...)
 
 # %% ../nbs/core/01_core.ipynb #07eebb51
 def soft_target_cross_entropy(pred:Tensor, # logits (N, C)
-                              target:Tensor)->Tensor: # float targets (N, C)
+                              target:Tensor, # float targets (N, C)
+)->Tensor:
     "Cross-entropy against soft targets, averaged over the batch (a loss without `reduction`)"
     return torch.sum(-target * F.log_softmax(pred, dim=-1), dim=-1).mean()
 
@@ -321,7 +330,8 @@ def show_mix(res:MixResult, # a mixer's result on an image batch (N, C, H, W)
              ncols:int=4, # images per row
              classes:list|None=None, # class names, indexed by label
              mean:tuple|None=None, std:tuple|None=None, # normalisation to undo before display
-             size:float=1.7): # inches per image
+             size:float=1.7, # inches per image
+):
     "Grid of mixed images, each titled with both labels and their weights in the target"
     import matplotlib.pyplot as plt
     n = min(n, len(res.x)); nrows = -(-n // ncols)

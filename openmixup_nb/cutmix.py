@@ -17,7 +17,8 @@ __all__ = ['cutmix_boxes', 'cutmix', 'CutMixCallback']
 # %% ../nbs/mixers/02_cutmix.ipynb #d1a58811
 def cutmix_boxes(lam:Tensor, # (n,) sampled λ₀, one per box
                  H:int, W:int, # image height and width
-                 generator:torch.Generator|None=None)->Tensor: # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->Tensor:
     "Boxes `(y1, y2, x1, x2)` as an (n, 4) long CPU tensor: area ≈ (1-λ₀)·H·W before clipping, centre uniform"
     lam = lam.detach().float().cpu()
     if lam.numel() == 1: # one box for the batch: the same draws, in plain integers (no tiny tensor ops)
@@ -61,7 +62,8 @@ def cutmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
            correct_lam:bool=True, # label weight from the realised box (else the sampled λ₀)
            return_mask:bool=False, # also return the (N or 1, 1, H, W) float weight of the first image
            inplace:bool=False, # paste into `x` itself (saves a copy; the caller's batch is changed)
-           generator:torch.Generator|None=None)->MixResult: # CPU generator; default: torch's global RNG
+           generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->MixResult:
     "CutMix: paste a box of each partner into each image; λ = the share of pixels kept from the first image"
     if box is not None and lam is not None: raise ValueError("give either lam or box, not both")
     lam0, index = mix_params(x, y, alpha, 1. if box is not None else lam, index, lam_mode, False, pairing, generator, min_dim=3)
@@ -93,7 +95,8 @@ class CutMixCallback(MixCallback):
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  correct_lam:bool=True, # label weight from the realised box
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         super().__init__(p=p)
         self.alpha,self.lam_mode,self.pairing,self.correct_lam,self.generator = alpha,lam_mode,pairing,correct_lam,generator

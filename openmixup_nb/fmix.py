@@ -66,7 +66,8 @@ def fmix_mask(lam:float|Tensor, # share of ones: a float or an (n,) tensor, one 
               decay_power:float=3., # δ: spectrum amplitude ∝ 1/f^δ; larger is smoother (0: white noise)
               max_soft:float=0., # half-width of a soft ramp at the border, as a share of the pixels (0: binary)
               generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG of `device`
-              device=None)->Tensor: # where to build the masks (default: CPU)
+              device=None, # where to build the masks (default: CPU)
+)->Tensor:
     "FMix masks (n, 1, h, w): bool with exactly ⌊λhw⌋ or ⌈λhw⌉ ones, float in [0, 1] if `max_soft` > 0"
     _check_fmix_args(decay_power, max_soft, False); check_mix_args(generator=generator)
     lam = torch.as_tensor(lam, dtype=torch.float32).detach().cpu()
@@ -106,7 +107,8 @@ def fmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
          decay_power:float=3., # δ: spectrum amplitude ∝ 1/f^δ; larger is smoother
          max_soft:float=0., # soft ramp half-width, as a share of the pixels (0: binary mask)
          reformulate:bool=False, # λ ~ Beta(α+1, α) (FMix's reformulation)
-         inplace:bool=False)->MixResult: # mix into `x` itself (saves a copy; the caller's batch is changed)
+         inplace:bool=False, # mix into `x` itself (saves a copy; the caller's batch is changed)
+)->MixResult:
     "FMix: mix under a thresholded low-frequency noise mask; λ = the mask's mean (the share of the first image)"
     check_mix_args(alpha, lam_mode, pairing, generator)
     _check_fmix_args(decay_power, max_soft, reformulate)
@@ -131,7 +133,8 @@ class FMixCallback(MixCallback):
                  lam_mode:str='batch', # 'batch': one mask per batch; 'sample': one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement' (OpenMixup)
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         _check_fmix_args(decay_power, max_soft, reformulate)
         super().__init__(p=p)

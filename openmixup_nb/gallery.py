@@ -130,7 +130,8 @@ def explore_mix(mixer, # a mixer, called as `mixer(x, y, alpha=, lam=, index=, g
                 lam:float=0.5, # λ asked for (ignored when `drawn`)
                 alpha:float=1., # Beta(α, α) concentration for a drawn λ (and for methods that use α otherwise)
                 drawn:bool=False, # draw λ from Beta(α, α) instead of asking for `lam`
-                seed:int=0)->MixResult: # seed of the method's random parameters (λ, box position, mask...)
+                seed:int=0, # seed of the method's random parameters (λ, box position, mask...)
+)->MixResult:
     "Mix image `i` with image `j` as the explorer does: a batch of the two, each the other's partner; sample 0 is `i` mixed with `j`"
     sel = torch.tensor([i, j])
     return mixer(x[sel], y[sel], alpha=alpha, lam=None if drawn else lam, index=torch.tensor([1, 0]),
@@ -156,7 +157,8 @@ def explorer_figure(x:Tensor, y:Tensor, # the image pool (N, C, H, W) and its la
                     methods:list|dict|None=None, # names from `gallery_mixers`, or a dict name -> mixer; default: all
                     classes:list|None=None, # class names, indexed by label
                     mean:tuple|None=None, std:tuple|None=None, # normalisation to undo before display
-                    size:float=1.5, dpi:int=70)->plt.Figure: # inches per panel, resolution
+                    size:float=1.5, dpi:int=70, # inches per panel, resolution
+)->plt.Figure:
     "What the explorer shows (image A, image B, the mix with its label weights, the mask), one row per setting"
     mixers = _pick(methods)
     rows = []
@@ -178,7 +180,8 @@ class MixExplorer(widgets.VBox):
                  classes:list|None=None, # class names, indexed by label
                  mean:tuple|None=None, std:tuple|None=None, # normalisation to undo before display
                  methods:list|dict|None=None, # names from `gallery_mixers` or a dict name -> mixer; default: all
-                 size:float=1.8, dpi:int=75): # inches per panel, resolution of the picture
+                 size:float=1.8, dpi:int=75, # inches per panel, resolution of the picture
+    ):
         self.x,self.y,self.classes,self.mean,self.std,self.size,self.dpi = x,y,classes,mean,std,size,dpi
         self.mixers = _pick(methods)
         imgs = [(f"{k}: {_name(y[k], classes)}", k) for k in range(len(x))]

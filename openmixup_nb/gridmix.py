@@ -42,7 +42,8 @@ def gridmix_lattice(lam:Tensor, # (n,) λ₀, one per lattice
                     cut_area_ratio:float|tuple=(0.5, 1.), # cut region area / image area, in (0, 1]
                     cut_aspect:float|tuple=(0.5, 2.), # cut region height / width (clamped to fit the image)
                     lam_scope:str='cell', # 'cell': λ₀ kept in each cell; 'image': in the whole image, approximately
-                    generator:torch.Generator|None=None)->dict: # CPU generator; default: torch's global RNG
+                    generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->dict:
     "Random lattices: cut region `y0, x0, ch, cw`, cell `ph, pw` and hole `hh, hw` sizes, each an (n,) long CPU tensor"
     n_holes, hole_aspect, cut_area_ratio, cut_aspect = _check_grid_args(n_holes, hole_aspect, cut_area_ratio, cut_aspect, lam_scope)
     lam = lam.detach().double().cpu().reshape(-1); n = len(lam)
@@ -73,7 +74,8 @@ def gridmix_lattice(lam:Tensor, # (n,) λ₀, one per lattice
 # %% ../nbs/mixers/05_gridmix.ipynb #c728a229
 def gridmix_mask(lattice:dict, # what `gridmix_lattice` returned
                  H:int, W:int, # image height and width
-                 device=None)->Tensor: # device of the mask
+                 device=None, # device of the mask
+)->Tensor:
     "Bool (n, 1, H, W) mask, True on the holes (the partner's pixels)"
     def side(o, c, p, h, size): # (n, size): inside the region and in the first h pixels of its cell
         d = torch.arange(size, device=device) - o[:, None]
@@ -97,7 +99,8 @@ def gridmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
             cut_area_ratio:float|tuple=(0.5, 1.), # cut region area / image area, in (0, 1]
             cut_aspect:float|tuple=(0.5, 2.), # cut region height / width (clamped to fit the image)
             lam_scope:str='cell', # 'cell': each cell keeps ≈λ₀ (OpenMixup); 'image': the image keeps ≈λ₀
-            inplace:bool=False)->MixResult: # write the result into `x` (saves a copy; the caller's batch changes)
+            inplace:bool=False, # write the result into `x` (saves a copy; the caller's batch changes)
+)->MixResult:
     "GridMix: the partner shows through a lattice of holes; λ = the share of pixels kept from the first image"
     opts = _check_grid_args(n_holes, hole_aspect, cut_area_ratio, cut_aspect, lam_scope)
     N, (H, W) = len(x), x.shape[-2:]
@@ -123,7 +126,8 @@ class GridMixCallback(MixCallback):
                  lam_mode:str='batch', # 'batch': one lattice per batch; 'sample': one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         _check_grid_args(n_holes, hole_aspect, cut_area_ratio, cut_aspect, lam_scope)
         super().__init__(p=p)

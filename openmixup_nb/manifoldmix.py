@@ -69,7 +69,8 @@ def manifoldmix(x:Tensor, # images (the input layer) or a hidden activation (N, 
                 index:Tensor|None=None, # explicit partner index (N,); drawn when None
                 lam_mode:str='batch', # 'batch': one λ for the batch; 'sample': one per sample
                 pairing:str='perm', # 'perm', 'flip' or 'derangement'
-                generator:torch.Generator|None=None)->MixResult: # CPU generator; default: torch's global RNG
+                generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->MixResult:
     "ManifoldMix of a batch of hidden features (of images: Mixup): `lam·h + (1-lam)·h[index]`"
     return mixup(x, y, alpha, lam, index, lam_mode, pairing=pairing, generator=generator)
 
@@ -114,7 +115,8 @@ def patchup_holes(shape:Sequence[int], # one sample's feature map shape (C, H, W
                   block_size:int=7, # b: side of the square blocks, clipped to the map
                   n:int=1, # masks to draw: 1 for the batch, N for one per sample
                   device=None, # device of the mask (default: CPU)
-                  generator:torch.Generator|None=None)->Tensor: # CPU generator; default: the device's global RNG
+                  generator:torch.Generator|None=None, # CPU generator; default: the device's global RNG
+)->Tensor:
     "Bool mask (n, C, H, W), True in the holes: seeds ~ Bernoulli(γ_adj) grown into b×b blocks, DropBlock style"
     *lead, H, W = shape
     b = min(block_size, H, W)
@@ -149,7 +151,8 @@ def patchup(x:Tensor, # feature maps (N, C, H, W) (or images: the input layer), 
             mode:str='hard', # 'hard': swap the holes; 'soft': interpolate them with λ₀
             gamma:float|None=None, # γ, share of features to alter; None: the paper's 0.5 (hard) or 0.75 (soft)
             block_size:int=7, # b, side of the blocks (clipped to the map)
-            inplace:bool=False)->MixResult: # write into `x` (saves a copy; never on activations that need gradients)
+            inplace:bool=False, # write into `x` (saves a copy; never on activations that need gradients)
+)->MixResult:
     "PatchUp: blocks of each feature map swapped with (hard) or interpolated towards (soft) its partner's; λ = the share kept"
     check_mix_args(alpha); _check_patchup_args(mode, gamma, block_size)
     if isinstance(x, Tensor) and x.ndim != 4:
@@ -205,7 +208,8 @@ def manifoldmix_forward(model:nn.Module, # one of our CIFAR nets or a timm model
                         layer:int|str|None=None, # mix at this layer instead of drawing one
                         lam_mode:str='batch', # 'batch' or 'sample'
                         pairing:str='perm', # 'perm', 'flip' or 'derangement'
-                        generator:torch.Generator|None=None)->tuple[Tensor, MixResult]: # CPU generator
+                        generator:torch.Generator|None=None, # CPU generator
+)->tuple[Tensor, MixResult]:
     "One forward of `model` with ManifoldMix (https://arxiv.org/abs/1806.05236): returns `(pred, MixResult)`"
     check_mix_args(alpha, lam_mode, pairing, generator)
     return feature_mix_forward(model, x, y, manifoldmix, layers, layer, generator, alpha=alpha, lam=lam, index=index,
@@ -235,7 +239,8 @@ def patchup_forward(model:nn.Module, # one of our CIFAR nets or a timm CNN (NCHW
                     layer:int|str|None=None, # mix at this layer instead of drawing one
                     lam_mode:str='batch', # 'batch' (one mask) or 'sample' (one per sample)
                     pairing:str='perm', # 'perm', 'flip' or 'derangement'
-                    generator:torch.Generator|None=None)->tuple[Tensor, MixResult]: # CPU generator
+                    generator:torch.Generator|None=None, # CPU generator
+)->tuple[Tensor, MixResult]:
     "One forward of `model` with PatchUp (https://arxiv.org/abs/2006.07794): returns `(pred, MixResult)`"
     check_mix_args(alpha, lam_mode, pairing, generator); _check_patchup_args(mode, gamma, block_size)
     _check_channels_first(model, _check_layers(layers if layer is None else layer))
@@ -247,7 +252,8 @@ class FeatureMixCallback(MixCallback):
     "Base of the methods that mix at a random layer: the input batch, or a module's output through a forward hook"
     def __init__(self, layers:Sequence[int|str]=(0, 1, 2), # layers to draw from (see `layer_modules`)
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(generator=generator)
         super().__init__(p=p)
         self.layers,self.generator,self._armed = _check_layers(layers),generator,None
@@ -303,7 +309,8 @@ class ManifoldMixCallback(FeatureMixCallback):
                  lam_mode:str='batch', # 'batch' (OpenMixup) or 'sample'
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         super().__init__(layers, p, generator)
         self.alpha,self.lam_mode,self.pairing = alpha,lam_mode,pairing
@@ -322,7 +329,8 @@ class PatchUpCallback(FeatureMixCallback):
                  lam_mode:str='batch', # 'batch' (one mask, the paper) or 'sample'
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float|None=None, # probability of mixing a batch; None: the paper's 0.7 (hard) or 1 (soft)
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator); _check_patchup_args(mode, gamma, block_size)
         super().__init__(layers, _PATCHUP_P[mode] if p is None else p, generator)
         self.mode,self.alpha,self.gamma,self.block_size = mode,alpha,gamma,block_size

@@ -106,13 +106,15 @@ class PixelMixBlock(nn.Module):
 
     @classmethod
     def automix(cls, in_channels:int, # feature channels (R-18 CIFAR stage 3: 256; R-50 / RX-50: 1024)
-                imagenet:bool=False): # ImageNet / ViT config: λ appended as a channel
+                imagenet:bool=False, # ImageNet / ViT config: λ appended as a channel
+    ):
         "AutoMix's MixBlock: shared q/k conv, 1x1 value, nearest upsampling; λ as a channel only on ImageNet"
         return cls(in_channels, lam_concat=imagenet, value='conv', upsample='nearest')
 
     @classmethod
     def samix(cls, in_channels:int, # feature channels
-              imagenet:bool=False): # ImageNet config: k = -1 (λ' = λ), value dropout 0.1
+              imagenet:bool=False, # ImageNet config: k = -1 (λ' = λ), value dropout 0.1
+    ):
         "SAMix's MixBlock: λ by multiplicative residual (k = 0.25 CIFAR, -1 ImageNet), q/k of [F_a, F_b], MLP value, bilinear"
         return cls(in_channels, lam_mul_k=-1. if imagenet else 0.25, lam_residual=True, qk_concat=True, value='neck',
                    dropout=0.1 if imagenet else 0., upsample='bilinear')

@@ -23,7 +23,8 @@ def mixup(x:Tensor, # batch (N, ...) of floats: images, features, any shape
           lam_mode:str='batch', # 'batch': one λ for the batch; 'sample': one per sample
           fold:bool=False, # use max(λ, 1-λ), as fastai's MixUp
           pairing:str='perm', # 'perm', 'flip' or 'derangement'
-          generator:torch.Generator|None=None)->MixResult: # CPU generator; default: torch's global RNG
+          generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->MixResult:
     "Mixup: `lam·x + (1-lam)·x[index]`, with λ per batch or per sample"
     lam, index = mix_params(x, y, alpha, lam, index, lam_mode, fold, pairing, generator)
     xm = x.index_select(0, index) # the one full-size temporary; the blend is written into it
@@ -39,7 +40,8 @@ class MixupCallback(MixCallback):
                  fold:bool=False, # max(λ, 1-λ) (fastai)
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         super().__init__(p=p)
         self.alpha,self.lam_mode,self.fold,self.pairing,self.generator = alpha,lam_mode,fold,pairing,generator

@@ -88,7 +88,8 @@ def resizemix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
               use_alpha:bool=True, # τ ~ Beta(α, α) (re-drawn from U(scope) when outside); else τ ~ U(scope)
               interpolation:str='nearest', # 'nearest' or 'bilinear'
               return_mask:bool=False, # also return the (N or 1, 1, H, W) float weight of the first image
-              inplace:bool=False)->MixResult: # paste into `x` itself (saves a copy; the caller's batch is changed)
+              inplace:bool=False, # paste into `x` itself (saves a copy; the caller's batch is changed)
+)->MixResult:
     "ResizeMix: the whole partner resized into a random box of each image; λ = the share of pixels kept"
     check_mix_args(alpha, lam_mode, pairing, generator)
     lo, hi = _check_resize_args(scope, use_alpha, interpolation)
@@ -125,7 +126,8 @@ class ResizeMixCallback(MixCallback):
                  lam_mode:str='batch', # 'batch': one box per batch; 'sample': one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         self.scope = _check_resize_args(scope, use_alpha, interpolation)
         super().__init__(p=p)

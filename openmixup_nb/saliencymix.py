@@ -92,7 +92,8 @@ def saliencymix(x:Tensor, # images (N, C, H, W), floats
                 per_image:bool=True, # centre each box on its own partner's peak (False: OpenMixup's one centre, from `x[index[0]]`)
                 size:int=64, # working resolution of the saliency (long side)
                 sigma:float=1/16, # saliency smoothing, as a fraction of the working long side
-                inplace:bool=False)->MixResult: # paste into `x` itself (saves a copy; the caller's batch is changed)
+                inplace:bool=False, # paste into `x` itself (saves a copy; the caller's batch is changed)
+)->MixResult:
     "SaliencyMix: paste a box of each partner, centred on the partner's saliency peak; λ = the share of pixels kept"
     lam0, index = mix_params(x, y, alpha, lam, index, lam_mode, False, pairing, generator, min_dim=4)
     if x.ndim != 4: raise ValueError(f"x must be an image batch (N, C, H, W), got shape {tuple(x.shape)}")
@@ -122,7 +123,8 @@ class SaliencyMixCallback(MixCallback):
                  size:int=64, # working resolution of the saliency (long side)
                  sigma:float=1/16, # saliency smoothing, as a fraction of the working long side
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         if not isinstance(per_image, bool): raise ValueError(f"per_image must be True or False, got {per_image!r}")
         _check_sal_args(size, sigma)

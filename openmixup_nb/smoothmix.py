@@ -40,7 +40,8 @@ def smoothmix_sigma(lam:Tensor, # (n,) target weight of the first image, 1 - mea
                     cy:Tensor, cx:Tensor, # (n,) centres (row, column), in pixels
                     H:int, W:int, # image size
                     k:int=12, # grid points per refinement round
-                    rounds:int=3)->Tensor: # refinement rounds
+                    rounds:int=3, # refinement rounds
+)->Tensor:
     "σ per mask, as a fraction of the side, making 1 - mean(G) closest to `lam` in [1e-3, 1e3]: (n,) float32 CPU"
     t = (1 - lam.detach().float().cpu()).view(-1, 1) # target mean(G)
     qy = (torch.arange(H) - cy.float().cpu()[:, None]) ** 2 / (-2. * H * H) # G = exp(qy/s² + qx/s²)
@@ -67,7 +68,8 @@ def smoothmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
               pairing:str='perm', # 'perm', 'flip' or 'derangement'
               generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
               sigma:float|tuple|None=(0.25, 0.5), # σ/side drawn uniformly from (lo, hi) when `lam` is None; None: λ ~ Beta(α, α)
-              inplace:bool=False)->MixResult: # write the result into `x` (saves a copy; the caller's batch changes)
+              inplace:bool=False, # write the result into `x` (saves a copy; the caller's batch changes)
+)->MixResult:
     "SmoothMix: `(1-G)·x + G·x[index]` with a Gaussian `G` of peak 1; λ = 1 - mean(G), the first image's share"
     check_mix_args(alpha=alpha)
     sig = _check_sigma(sigma)
@@ -95,7 +97,8 @@ class SmoothMixCallback(MixCallback):
                  lam_mode:str='batch', # 'batch': one mask per batch; 'sample': one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
                  p:float=1., # probability of mixing a batch
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(alpha, lam_mode, pairing, generator)
         _check_sigma(sigma)
         super().__init__(p=p)

@@ -111,7 +111,8 @@ def switch_choice(probs:Tensor, # (K,) probability of each mixer
                   n:int=1, # draws per repeat: 1 (batch switching) or the batch size (sample switching)
                   repeat:int=1, # draws per training step (OpenMixup's `mix_repeat`)
                   vanilla:Tensor|None=None, # (K,) bool: the 'vanilla' entries, not drawn again once drawn
-                  generator:torch.Generator|None=None)->Tensor: # CPU generator; default: torch's global RNG
+                  generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->Tensor:
     "Mixer positions as a (repeat, n) long CPU tensor; a row that drew 'vanilla' drops it in its later repeats"
     P, van = _check_probs(probs, repeat, vanilla)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -198,7 +199,8 @@ def mix_switch(x:Tensor, # batch (N, C, H, W) of floats (any (N, ...) when every
                lam_mode:str='batch', # each mixer's λ: one for its rows of the batch, or one per sample
                pairing:str='perm', # 'perm', 'flip' or 'derangement'
                inplace:bool=False, # batch switching: mixers that can may write into `x`
-               generator:torch.Generator|None=None)->MixResult: # CPU generator; default: torch's global RNG
+               generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+)->MixResult:
     "Mix with one of several mixers, drawn per batch or per sample; `extra['mixer']` holds each sample's mixer"
     fns, names, alphas, probs = _recipe(mixers, alphas, probs, p)
     if switch_mode not in SWITCH_MODES: raise ValueError(f"switch_mode must be one of {SWITCH_MODES}, got {switch_mode!r}")
@@ -232,7 +234,8 @@ class MixSwitchCallback(MixCallback):
                  repeat:int=1, # mixed copies of each batch per step, losses averaged (OpenMixup's `mix_repeat`)
                  lam_mode:str='batch', # each mixer's λ: one per batch or one per sample
                  pairing:str='perm', # 'perm', 'flip' or 'derangement'
-                 generator:torch.Generator|None=None): # CPU generator; default: torch's global RNG
+                 generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
+    ):
         check_mix_args(lam_mode=lam_mode, pairing=pairing, generator=generator)
         if switch_mode not in SWITCH_MODES: raise ValueError(f"switch_mode must be one of {SWITCH_MODES}, got {switch_mode!r}")
         fns, names, alphas, probs = _recipe(mixers, alphas, probs, p)
