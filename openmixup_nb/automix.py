@@ -410,7 +410,8 @@ def show_masks(cb:LearnableMixCallback, # a trained (or freshly built) AutoMix/S
         for i, (img, kw) in enumerate([(show(x[j]), {}), (show(x[index[j]]), {}), (m[j, 0].cpu(), dict(cmap='gray', vmin=0, vmax=1)), (show(mixed[j]), {})]):
             axs[i, j].imshow(img, **kw); axs[i, j].axis('off')
         axs[2, j].set_title(f"mean {float(m[j].mean()):.2f}", fontsize=8)
-    for i, r in enumerate(['image', 'partner', 'mask', 'mixed']): axs[i, 0].set_title(r, fontsize=8, loc='left')
+    for i, r in enumerate(['image', 'partner', 'mask', 'mixed']): # row labels left of the first column, clear of the titles
+        axs[i, 0].text(-0.08, 0.5, r, transform=axs[i, 0].transAxes, rotation=90, ha='right', va='center', fontsize=8)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

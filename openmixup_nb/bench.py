@@ -63,6 +63,7 @@ def method_callback(name:str, # a key of `METHODS`
 class TrainTimer(Callback):
     "Time (wall clock and this process's CPU time) spent in training phases, excluding validation, and the images seen"
     order = -5
+    def __init__(self): super().__init__() # shown in the docs instead of fastai's event-hook keywords
     def before_fit(self): self.train_time, self.cpu_time, self.n_seen = 0., 0., 0
     def before_train(self):
         self._sync(); self._t, self._c = time.perf_counter(), time.process_time()
