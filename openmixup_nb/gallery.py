@@ -105,6 +105,7 @@ def mix_gallery(x:Tensor, # images (N, C, H, W), normalised as the mixers see th
                 seed:int=0, # every method draws its random parameters from a generator seeded with this
                 sources:bool=True, # first two rows: the images and their partners
                 size:float=1.1, # inches per tile
+                fontsize:int=9, # points, of the tile titles and row labels
                 dpi:int=70)->plt.Figure:
     "The same pairs mixed by every method at one λ: a row per method, a column per pair, each tile titled with the realised label weights"
     mixers = _pick(methods)
@@ -115,10 +116,10 @@ def mix_gallery(x:Tensor, # images (N, C, H, W), normalised as the mixers see th
     fig, axs = plt.subplots(nrows, n, figsize=(n*size, nrows*(size+0.3)), squeeze=False, dpi=dpi)
     if sources:
         for k in range(n):
-            _tile(axs[0, k], _img(x[k], mean, std), _name(y[k], classes), 'image' if k == 0 else None)
-            _tile(axs[1, k], _img(x[index[k]], mean, std), _name(y[index[k]], classes), 'partner' if k == 0 else None)
+            _tile(axs[0, k], _img(x[k], mean, std), _name(y[k], classes), 'image' if k == 0 else None, fontsize)
+            _tile(axs[1, k], _img(x[index[k]], mean, std), _name(y[index[k]], classes), 'partner' if k == 0 else None, fontsize)
     for r, (name, res) in enumerate(rows, start=2*sources):
-        for k in range(n): _tile(axs[r, k], _img(res.x[k], mean, std), _weights(res, k, classes), name if k == 0 else None)
+        for k in range(n): _tile(axs[r, k], _img(res.x[k], mean, std), _weights(res, k, classes), name if k == 0 else None, fontsize)
     fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
     fig.results = dict(rows) # the MixResult of every method, for inspection
     return fig
