@@ -168,7 +168,8 @@ class AdAutoMixCallback(LearnableMixCallback):
                  weights:tuple=(1., 1., 1.), # weights of the classifier's mixed loss, its clean (+ linear mix) loss, the generator's loss
                  gen_loss_func=None, # loss of the generator branch; None: the learner's loss
                  momentum_end:float|None=None, # None: 0.999999 ('cifar') or 0.99999 ('imagenet')
-                 **kwargs): # `LearnableMixCallback`'s options (mask_layer, momentum, mixblock_lr, generator, ...)
+                 **kwargs, # `LearnableMixCallback`'s options (mask_layer, momentum, mixblock_lr, generator, ...)
+    ):
         if config is not None and config not in _ADA_DEFAULTS: raise ValueError(f"config must be one of {tuple(_ADA_DEFAULTS)} or None, got {config!r}")
         if mix_samples is not None and (not _is_int(mix_samples) or mix_samples < 2): raise ValueError(f"mix_samples must be an int >= 2 (or None), got {mix_samples!r}")
         if not 0 <= lam_margin < 0.5: raise ValueError(f"lam_margin must lie in [0, 0.5), got {lam_margin}")

@@ -325,7 +325,8 @@ class AutoMixCallback(LearnableMixCallback):
                  weights:tuple=(1., 1., 1.), # weights of the classifier's mixed loss, its clean loss, the generator's loss
                  gen_loss_func=None, # loss of the generator branch; None: the learner's loss, mixed
                  momentum_end:float|None=None, # None: 0.999999 ('cifar') or 0.99999 ('imagenet')
-                 **kwargs): # `LearnableMixCallback`'s options (mask_layer, momentum, mixblock_lr, ...)
+                 **kwargs, # `LearnableMixCallback`'s options (mask_layer, momentum, mixblock_lr, ...)
+    ):
         if config is not None and config not in _CONFIGS: raise ValueError(f"config must be one of {_CONFIGS} or None, got {config!r}")
         if not 0 <= lam_margin < 0.5: raise ValueError(f"lam_margin must lie in [0, 0.5), got {lam_margin}")
         if not 0 <= mask_adjust <= 1: raise ValueError(f"mask_adjust must lie in [0, 1], got {mask_adjust}")
@@ -377,7 +378,8 @@ class SAMixCallback(AutoMixCallback):
     "SAMix (https://arxiv.org/abs/2111.15454): AutoMix with SAMix's generator (λ-modulated features) and L1+variance mask loss"
     def __init__(self, alpha:float=2., # Beta(alpha, alpha) concentration of λ_mb and λ_bb
                  mask_loss_mode:str='l1+var', # SAMix's loss: L1 margin minus twice the mask's variance
-                 **kwargs): # `AutoMixCallback`'s options
+                 **kwargs, # `AutoMixCallback`'s options
+    ):
         super().__init__(alpha, mask_loss_mode=mask_loss_mode, **kwargs)
     def make_mixblock(self, channels): return PixelMixBlock.samix(channels, imagenet=self._config() == 'imagenet')
 

@@ -161,7 +161,8 @@ def run_benchmark(methods=('vanilla', 'mixup', 'cutmix'), # keys of `METHODS`
                   alphas:dict|None=None, # α per method (default: `CIFAR_ALPHAS`)
                   out:str|Path|None=None, # JSON file the results are written to (None: not written)
                   isolate:bool=True, # one fresh process per run
-                  **kwargs)->list[dict]: # passed to `train_one`
+                  **kwargs, # passed to `train_one`
+)->list[dict]:
     "Train every method with every seed; return (and save) one record per run"
     alphas = alphas or {}
     for m in methods: method_callback(m) # fail early on an unknown name

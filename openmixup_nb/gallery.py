@@ -237,6 +237,7 @@ def mix_explorer(x:Tensor, y:Tensor, # the image pool (N, C, H, W) and its label
                  classes:list|None=None, # class names, indexed by label
                  mean:tuple|None=None, std:tuple|None=None, # normalisation to undo before display
                  methods:list|dict|None=None, # names from `gallery_mixers` or a dict name -> mixer; default: all
-                 **kwargs)->MixExplorer: # `size`, `dpi`: see `MixExplorer`
+                 **kwargs, # `size`, `dpi`: see `MixExplorer`
+)->MixExplorer:
     "An ipywidgets explorer of every mixer on the images `x`: display it in a notebook and move the controls"
     return MixExplorer(x, y, classes, mean, std, methods, **kwargs)

@@ -177,7 +177,8 @@ def feature_mix_forward(model:nn.Module, # one of our CIFAR nets or a timm model
                         layers:Sequence[int|str]=(0, 1, 2), # layers to draw from (see `layer_modules`)
                         layer:int|str|None=None, # mix at this layer instead of drawing one
                         generator:torch.Generator|None=None, # CPU generator for the layer and the mixer's draws
-                        **kwargs)->tuple[Tensor, MixResult]: # passed to `mixer` (alpha, lam, index, lam_mode...)
+                        **kwargs, # passed to `mixer` (alpha, lam, index, lam_mode...)
+)->tuple[Tensor, MixResult]:
     "Run `model` on `x`, mixing with `mixer` at a layer drawn from `layers`: the input, or a module's output in the graph"
     mods = layer_modules(model, layers if layer is None else layer)
     l = _pick(tuple(mods), generator)
