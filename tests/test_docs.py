@@ -1,5 +1,5 @@
 "The docs and CI stay consistent: README mirrors index.ipynb, CI runs the README's commands, Quarto config is single-sourced, docs processing runs."
-import ast, json, os, re, shutil, subprocess, sys
+import ast, json, re
 from pathlib import Path
 import pytest
 
@@ -68,20 +68,9 @@ def test_no_machine_paths_or_errors_in_outputs(nb):
             text = json.dumps(o)
             assert not re.search(r'/(root|tmp|work|home)/', text), f"{nb.name} output holds a machine path"
 
-def test_proc_nbs_builds_docs_input(tmp_path):
+def test_proc_nbs_builds_docs_input(proc_nbs):
     "`nbdev-proc-nbs` (the docs pipeline up to Quarto) runs on every notebook with the linked _quarto.yml"
-    exe = shutil.which('nbdev-proc-nbs') or str(Path(sys.executable).parent/'nbdev-proc-nbs')
-    if not Path(exe).exists(): pytest.skip('nbdev not installed')
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT/f
-        if not src.exists() and not src.is_symlink(): continue
-        dst = tmp_path/f; dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink(): os.symlink(os.readlink(src), dst)
-        else: shutil.copy2(src, dst)
-    r = subprocess.run([exe], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    out = r.stdout + r.stderr
+    proc, out = proc_nbs
     assert 'Traceback' not in out and 'Error' not in out.replace('ValueError', '').replace('TypeError', ''), out[-3000:]
-    proc = tmp_path/'_proc'
     assert (proc/'_quarto.yml').exists() and (proc/'nbdev.yml').exists()
     for nb in NBS.rglob('*.ipynb'): assert (proc/nb.relative_to(NBS)).exists(), nb.name

@@ -3,7 +3,7 @@
 reprs standing in for tables and figures), an H2 on every page, a sidebar in sections that lists every page
 once, doc links that land on an entry, parameter comments beside their parameters, and diagrams laid out to
 be read at the column's width."""
-import ast, importlib, inspect, io, json, os, re, shutil, subprocess, sys, tokenize
+import importlib, inspect, io, json, re, tokenize
 from pathlib import Path
 import pytest
 
@@ -215,25 +215,9 @@ def broken_links(proc:Path)->list:
         if target not in anchors or (anchor and anchor not in anchors[target]): bad.append((page, l))
     return sorted(set(bad))
 
-@pytest.fixture(scope='module')
-def proc(tmp_path_factory):
-    "`nbdev-proc-nbs` on a copy of the tracked tree: the notebooks as Quarto would get them"
-    exe = shutil.which('nbdev-proc-nbs') or str(Path(sys.executable).parent/'nbdev-proc-nbs')
-    if not Path(exe).exists(): pytest.skip('nbdev not installed')
-    tmp = tmp_path_factory.mktemp('site')
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT/f
-        if not src.exists() and not src.is_symlink(): continue
-        dst = tmp/f; dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink(): os.symlink(os.readlink(src), dst)
-        else: shutil.copy2(src, dst)
-    r = subprocess.run([exe], cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    out = r.stdout + r.stderr
+def test_doc_links_land_on_entries(proc_nbs):
+    proc, out = proc_nbs
     assert 'Traceback' not in out, out[-3000:]
-    return tmp/'_proc'
-
-def test_doc_links_land_on_entries(proc):
     assert broken_links(proc) == []
     assert len(list(proc.rglob('*.ipynb'))) == len(NOTEBOOKS)
 
