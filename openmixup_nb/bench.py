@@ -205,7 +205,7 @@ def format_table(t)->str:
 
 # %% ../nbs/benchmark/01_bench.ipynb #2765a01c
 @call_parse
-def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated methods
+def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix
                dataset:str='cifar10', # 'cifar10' or 'cifar100'
                data:str=None, # dataset folder or archive (default: $OPENMIXUP_NB_DATA, fastai's data dir, download)
                arch:str='resnet18', # backbone: resnet18/34/50, preact_resnet18, wrn28_8, resnext50_32x4d or timm:<name>
@@ -221,8 +221,8 @@ def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated methods
                last:int=None, # epochs in the median top-1 (default: 10, or a fifth of short runs)
                device:str=None, # 'cpu' or 'cuda' (default: the GPU if there is one)
                out:str='omnb_results.json', # results file
-               isolate:bool=True, # run each method in a fresh process (--no-isolate: all in this one)
-               progress:bool=True, # show progress bars (--no-progress: quiet)
+               isolate:bool=True, # runs in fresh processes; --no-isolate: all runs in this process
+               progress:bool=True, # show progress bars; --no-progress: none
 ):
     "Train a backbone on CIFAR with each mixup method; print and save top-1, time, throughput and memory"
     al = {k: float(v) for k, v in (kv.split('=') for kv in alphas.split(','))} if alphas else None
