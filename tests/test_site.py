@@ -6,6 +6,7 @@ be read at the column's width."""
 import importlib, inspect, io, json, re, tokenize
 from pathlib import Path
 import pytest
+from nbdev.config import nbpath2html
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
@@ -194,9 +195,7 @@ def _anchor(heading:str)->str:
     t = re.sub(r'[^\w\s.-]', '', t.strip().lower()); t = re.sub(r'\s+', '-', t)
     return re.sub(r'^[^a-z_]+', '', t)
 
-def _page(p:Path, root:Path)->str:
-    p = p.relative_to(root)
-    return str(p.with_name(re.sub(r'^\d+[a-zA-Z0-9]*_', '', p.name.lower())).with_suffix('.html'))
+def _page(p:Path, root:Path)->str: return nbpath2html(p.relative_to(root)).as_posix() # nbdev's own page name
 
 def broken_links(proc:Path)->list:
     "Links into the site, in processed notebooks, whose page or anchor does not exist: (page, link)"
