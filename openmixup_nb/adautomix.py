@@ -15,7 +15,7 @@ from torch import nn, Tensor
 from fastcore.basics import store_attr
 from .core import MixResult, mix_loss, to_soft, sample_lam, partner_index
 from .models import CIFARNet
-from .automix import LearnableMixCallback
+from .automix import LearnableMixCallback, _check_images
 
 # %% auto #0
 __all__ = ['AdaptiveMask', 'mix_sources', 'AdAutoMixCallback']
@@ -55,24 +55,25 @@ class AdaptiveMask(nn.Module):
                  use_scale:bool=True, # divide the attention logits by √C_r
                  upsample:str='bilinear', # `F.interpolate` mode to the image size: 'bilinear', 'nearest' or 'bicubic'
                  init_std:float=0.01, # std of the normal init of the 1×1 convolutions (biases 0), as in OpenMixup
+                 qk_relu:bool=True, # ReLU after `conv_q`/`conv_k` (and the λ channel), as OpenMixup's ConvModules; False: the generator of versions before it
     ):
         super().__init__()
         if not _is_int(in_channels) or in_channels < 1: raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
         if not _is_int(reduction) or reduction < 1: raise ValueError(f"reduction must be an int >= 1, got {reduction!r}")
         if upsample not in _UPSAMPLE: raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
         self.in_channels,self.inter_channels = in_channels,max(in_channels // reduction, 1)
-        self.lam_concat,self.use_scale,self.upsample = bool(lam_concat),bool(use_scale),upsample
+        self.lam_concat,self.use_scale,self.upsample,self.qk_relu = bool(lam_concat),bool(use_scale),upsample,bool(qk_relu)
         cin = in_channels + int(self.lam_concat)
         self.conv_q,self.conv_k = nn.Conv2d(cin, self.inter_channels, 1),nn.Conv2d(cin, self.inter_channels, 1)
         self.conv_v = nn.Conv2d(cin, 1, 1)
         for c in (self.conv_q, self.conv_k, self.conv_v): nn.init.normal_(c.weight, std=init_std); nn.init.zeros_(c.bias)
 
-    def _proj(self, conv, f, indices, lams):
-        "`conv` on every source map `f[indices[k]]` (plus its λ channel) as (K, N, out, h·w): one conv, then a gather"
+    def _proj(self, conv, f, indices, lams, relu=False):
+        "`conv` (then ReLU if `relu`) on every source map `f[indices[k]]` plus its λ channel, as (K, N, out, h·w): one conv, then a gather"
         C = self.in_channels
         out = F.conv2d(f, conv.weight[:, :C], conv.bias)[indices]
         if self.lam_concat: out = out + lams[..., None, None, None] * conv.weight[:, C].view(1, 1, -1, 1, 1)
-        return out.flatten(3)
+        return (out.relu() if relu else out).flatten(3) # the ReLU acts on the whole conv, λ channel included
 
     def forward(self, feat:Tensor, # features of the clean batch (N, C, h, w), any float dtype
                 indices:Tensor, # (K, N): source k of sample n is `feat[indices[k, n]]`
@@ -92,7 +93,7 @@ class AdaptiveMask(nn.Module):
         lams = None if lams is None else _check_lams(lams, K, N, feat.device)
         with torch.autocast(feat.device.type, enabled=False): # fp16 overflows in the (hw, hw) attention: float32 throughout
             f = feat.float()
-            q, k, v = (self._proj(c, f, indices, lams) for c in (self.conv_q, self.conv_k, self.conv_v))
+            q, k, v = (self._proj(c, f, indices, lams, r) for c, r in ((self.conv_q, self.qk_relu), (self.conv_k, self.qk_relu), (self.conv_v, False)))
             k_other = sum(k.roll(s, 0) for s in range(1, K)) # Σ_{j≠i} k_j for every source i
             att = q.transpose(-2, -1) @ k_other # Σ_{j≠i} q_i k_jᵀ: (K, N, hw, hw)
             if self.use_scale: att = att / math.sqrt(self.inter_channels)
@@ -196,6 +197,7 @@ class AdAutoMixCallback(LearnableMixCallback):
         return torch.stack(rows).to(device, non_blocking=True)
 
     def mix(self, x, y):
+        _check_images(x, y)
         n, K, m = len(x), self._opt('mix_samples'), self.lam_margin
         lam = sample_lam(self.alpha, K, generator=self.generator).tolist()
         if K == 2: lam_mb, lam_bb = [lam[0], 1 - lam[0]], [lam[1], 1 - lam[1]]

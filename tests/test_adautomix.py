@@ -33,8 +33,9 @@ def reference_masks(m, feat, indices, lams, size):
             lam = torch.as_tensor(lams, dtype=torch.float64).reshape(K, -1).expand(K, N)
             fs = [torch.cat([f, torch.full((1, 1, h, w), float(lam[k, n]), dtype=torch.float64)], 1) for k, f in enumerate(fs)]
         conv = lambda c, f: F.conv2d(f, c.weight.double(), c.bias.double())
-        q = [conv(m.conv_q, f).flatten(2)[0].T for f in fs]
-        kk = [conv(m.conv_k, f).flatten(2)[0] for f in fs]
+        act = F.relu if m.qk_relu else (lambda t: t) # OpenMixup's conv_q/conv_k: ConvModule, conv -> ReLU
+        q = [act(conv(m.conv_q, f)).flatten(2)[0].T for f in fs]
+        kk = [act(conv(m.conv_k, f)).flatten(2)[0] for f in fs]
         v = [conv(m.conv_v, f).flatten(2)[0].T for f in fs]
         scale = math.sqrt(m.inter_channels) if m.use_scale else 1.
         maps = []
@@ -55,7 +56,8 @@ def cases(draw, dtypes=FDTYPES):
     feat = torch.randn(n, c, h, w, generator=g).relu().to(dtype)
     lams = torch.rand(K, generator=g) if draw(st.booleans()) else torch.rand(K, n, generator=g)
     return feat, sources(n, K, g), lams, (H, W), dict(reduction=draw(st.integers(1, 3)), lam_concat=draw(st.booleans()),
-                                                      use_scale=draw(st.booleans()), upsample=draw(st.sampled_from(['bilinear', 'nearest', 'bicubic'])))
+                                                      use_scale=draw(st.booleans()), upsample=draw(st.sampled_from(['bilinear', 'nearest', 'bicubic'])),
+                                                      qk_relu=draw(st.booleans()))
 
 # ---------------------------------------------------------------------------------------------- AdaptiveMask
 @FAST
@@ -90,11 +92,55 @@ def test_two_sources_is_cross_attention():
     gm = AdaptiveMask(6, init_std=0.3)
     feat, idx = torch.randn(3, 6, 2, 3), torch.tensor([[0, 1, 2], [2, 0, 1]])
     q, k, v = (c(feat).flatten(2) for c in (gm.conv_q, gm.conv_k, gm.conv_v)) # (N, ., hw)
+    q, k = q.relu(), k.relu() # conv_q, conv_k are conv -> ReLU
     a, b = idx
     r0 = ((q[a].transpose(1, 2) @ k[b]) / math.sqrt(3)).softmax(-1) @ v[a].transpose(1, 2)
     r1 = ((q[b].transpose(1, 2) @ k[a]) / math.sqrt(3)).softmax(-1) @ v[b].transpose(1, 2)
     r = torch.cat([r0, r1], 2).transpose(1, 2).reshape(3, 2, 2, 3)
     assert torch.allclose(gm(feat, idx, None, (2, 3)), r.softmax(1), atol=1e-6)
+
+def _lam_masks(m, feat, idx, lams, size, proj):
+    "AdaptiveMask's masks (lam_concat) with q and k from `proj(conv, features with the λ channel)`"
+    K, N = idx.shape
+    h, w = feat.shape[-2:]
+    fs = torch.cat([feat[idx], lams.view(K, 1, 1, 1, 1).expand(K, N, 1, h, w)], 2).flatten(0, 1) # (K·N, C+1, h, w)
+    q, k = (proj(c, fs).flatten(2).view(K, N, m.inter_channels, h*w) for c in (m.conv_q, m.conv_k))
+    v = m.conv_v(fs).flatten(2).view(K, N, 1, h*w)
+    att = q.transpose(-2, -1) @ (k.sum(0) - k) / math.sqrt(m.inter_channels)
+    r = (att.softmax(-1) @ v.transpose(-2, -1)).view(K, N, h, w).transpose(0, 1)
+    return F.interpolate(r, size=size, mode='bilinear', align_corners=False).softmax(1)
+
+def test_qk_relu_is_applied_after_the_lam_channel():
+    "OpenMixup's conv_q/conv_k are ConvModules (conv -> ReLU) on the λ-concatenated features: the ReLU is there and matters"
+    C = 8
+    m = AdaptiveMask(C, lam_concat=True, init_std=0.3)
+    assert m.qk_relu # the default, as OpenMixup
+    with torch.no_grad(): m.conv_q.weight[:, C] = m.conv_k.weight[:, C] = -0.6 # the λ term pulls q and k below zero
+    feat, idx, lams = torch.randn(5, C, 3, 3).relu(), sources(5, 3, gen(1)), torch.tensor([0.6, 0.3, 0.1])
+    fl = torch.cat([feat, torch.full((5, 1, 3, 3), 0.6)], 1)
+    assert (m.conv_q(fl) < 0).any() and (m.conv_q(fl) > 0).any() and (m.conv_k(fl) < 0).any()
+    with torch.no_grad():
+        out = m(feat, idx, lams, (9, 9))
+        relu_after = _lam_masks(m, feat, idx, lams, (9, 9), lambda c, t: c(t).relu())
+        no_relu = _lam_masks(m, feat, idx, lams, (9, 9), lambda c, t: c(t))
+        relu_before = _lam_masks(m, feat, idx, lams, (9, 9), lambda c, t: F.conv2d(t[:, :C], c.weight[:, :C], c.bias).relu()
+                                                                        + t[:, C:] * c.weight[:, C].view(1, -1, 1, 1))
+        old = AdaptiveMask(C, lam_concat=True, qk_relu=False)
+        old.load_state_dict(m.state_dict())
+        out_old = old(feat, idx, lams, (9, 9))
+    assert torch.allclose(out, relu_after, atol=1e-6)
+    assert torch.allclose(out_old, no_relu, atol=1e-6)
+    assert (out - no_relu).abs().max() > 1e-2 and (out - relu_before).abs().max() > 1e-2
+
+def test_qk_relu_keeps_state_dict_keys(tmp_path):
+    "A ReLU has no parameters: a generator saved without it (old checkpoints) loads strictly into one with it, and back"
+    for lam_concat in (False, True):
+        old, new = AdaptiveMask(8, lam_concat=lam_concat, qk_relu=False), AdaptiveMask(8, lam_concat=lam_concat)
+        assert list(old.state_dict()) == list(new.state_dict()) == ['conv_q.weight', 'conv_q.bias', 'conv_k.weight', 'conv_k.bias', 'conv_v.weight', 'conv_v.bias']
+        torch.save(old.state_dict(), tmp_path / 'old.pth')
+        new.load_state_dict(torch.load(tmp_path / 'old.pth'), strict=True)
+        old.load_state_dict(new.state_dict(), strict=True)
+        assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
 
 def test_generator_gets_gradients_through_mix():
     gm = AdaptiveMask(8)
