@@ -6,7 +6,7 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/learned/automix.html.md"""
 
 # %% ../nbs/learned/02_automix.ipynb #5cb9fd0d
 from __future__ import annotations
-import copy, math, warnings
+import copy, math, numbers, warnings
 import torch
 from torch import nn, Tensor
 from fastcore.basics import store_attr
@@ -14,7 +14,7 @@ from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.schedule import ParamScheduler
-from .core import MixResult, mix_loss, sample_lam, partner_index, check_mix_args
+from .core import MixResult, mix_loss, sample_lam, partner_index, check_mix_args, _check_batch, _as_index
 from .callback import MixCallback
 from .models import CIFARNet, feature_map, feature_channels
 from .mixblock import PixelMixBlock, mask_loss, _MASK_LOSS_MODES as MASK_LOSSES
@@ -61,6 +61,11 @@ def frozen_copy(model:nn.Module)->nn.Module:
     return m
 
 # %% ../nbs/learned/02_automix.ipynb #26013fdf
+def _check_images(x, y):
+    "A learned mixer's batch: float images (N, C, H, W) and N labels"
+    _check_batch(x, y, 4)
+    if x.ndim != 4: raise ValueError(f"x must be an image batch (N, C, H, W), got shape {tuple(x.shape)}")
+
 def _blend(x, mask, index):
     "`mask·x + (1-mask)·x[index]`, differentiable in `mask` (N or 1, 1, H, W)"
     return torch.lerp(x.index_select(0, index), x, mask.to(x.dtype))
@@ -84,13 +89,22 @@ def automix_pair(x:Tensor, # clean batch (N, C, H, W)
                  adjust:bool=False, # rescale the classifier's masks to mean λ_bb
 )->tuple[MixResult, MixResult]:
     "AutoMix's two mixed batches: the classifier's (detached mask) and the generator's (mask in the graph)"
+    _check_images(x, y)
+    if y is None: raise ValueError("y must be the labels, (N,) or (N, C): AutoMix trains on both mixed batches' losses")
+    n = len(x)
+    index_mb, index_bb = _as_index(index_mb, n).to(x.device), _as_index(index_bb, n).to(x.device)
+    for k, v in (('lam_mb', lam_mb), ('lam_bb', lam_bb)):
+        if isinstance(v, Tensor) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+            raise ValueError(f"{k} must be a Python float in [0, 1], got {v!r}")
+    if not isinstance(feat, Tensor) or feat.ndim < 2 or feat.shape[0] != n:
+        raise ValueError(f"feat must be the encoder's features of x, ({n}, C', h, w), got "
+                         f"{tuple(feat.shape) if isinstance(feat, Tensor) else type(feat).__name__}")
     size = tuple(x.shape[-2:])
     m_mb = generator(feat, lam_mb, index_mb, size)
     if lam_bb <= lam_margin or lam_bb >= 1 - lam_margin: m_bb = torch.full((1, 1, 1, 1), lam_bb, device=x.device)
     else:
         with torch.no_grad(): m_bb = generator(feat, lam_bb, index_bb, size)
         if adjust: m_bb = _adjust(m_bb, lam_bb)
-    n = len(x)
     def res(m, lam, index, xm): return MixResult(xm, y, y.index_select(0, index), torch.full((n,), lam, device=x.device), index, m)
     with torch.no_grad(): x_bb = _blend(x, m_bb, index_bb)
     return res(m_bb, lam_bb, index_bb, x_bb), res(m_mb, lam_mb, index_mb, _blend(x, m_mb, index_mb))
@@ -345,6 +359,7 @@ class AutoMixCallback(LearnableMixCallback):
         super().before_fit()
 
     def mix(self, x, y):
+        _check_images(x, y)
         (lam_mb, lam_bb), (idx_mb, idx_bb) = self.draw(len(x), 2, x.device)
         adjust = self.mask_adjust > 0 and float(torch.rand(1, generator=self.generator)) < self.mask_adjust
         res, mb = automix_pair(x, y, self.features(x), self.mixblock, lam_mb, lam_bb, idx_mb, idx_bb, self.lam_margin, adjust)

@@ -6,6 +6,7 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/core/callback.html.md"""
 
 # %% ../nbs/core/02_callback.ipynb #fba45d02
 from __future__ import annotations
+import numbers
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -26,8 +27,9 @@ class MixedLoss:
     def __init__(self, loss_func, cb): self.loss_func,self.cb = loss_func,cb
     def __call__(self, pred, *yb):
         cb = self.cb
-        if cb.training and cb.res is not None: return cb.loss(pred, *yb)
-        return self.loss_func(pred, *yb)
+        loss = cb.loss(pred, *yb) if cb.training and cb.res is not None else self.loss_func(pred, *yb)
+        # fastai's Recorder averages losses in float32 (its flat losses return float32 for a float64 model)
+        return loss.float() if isinstance(loss, torch.Tensor) and loss.dtype == torch.float64 else loss
     def __getattr__(self, k):
         # `activation`, `decodes`, `y_int`, `reduction`... come from the wrapped loss
         if k.startswith('__') or k in ('loss_func', 'cb'): raise AttributeError(k)
@@ -65,7 +67,8 @@ class MixCallback(Callback):
     def __init__(self, p:float=1., # probability of mixing a training batch
                  mix_hypers:dict|None=None, # hyper-parameters of the optimizer group of `mix_modules` (e.g. `{'lr': 1e-3}`)
     ):
-        if not 0 <= p <= 1: raise ValueError(f"p must lie in [0, 1], got {p}")
+        if isinstance(p, (bool, torch.Tensor)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"p must be a Python number in [0, 1] (the probability of mixing a batch), got {p!r}")
         self.p,self.mix_hypers,self.res = p,mix_hypers or {},None
         self.mix_modules,self._hooks = nn.ModuleDict(),[]
 

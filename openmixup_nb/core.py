@@ -6,9 +6,9 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/core/core.html.md"""
 
 # %% ../nbs/core/01_core.ipynb #f563b682
 from __future__ import annotations
-import inspect
+import inspect, numbers
 from functools import lru_cache
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,9 +51,12 @@ class MixResult:
         return mix_loss(pred, self, loss_func, reduction)
 
 # %% ../nbs/core/01_core.ipynb #469c7f48
-def _check_alpha(alpha):
-    if not isinstance(alpha, (int,float)) or isinstance(alpha, bool) or not alpha > 0 or alpha == float('inf'):
-        raise ValueError(f"alpha must be a finite number > 0 (the Beta(alpha, alpha) concentration), got {alpha!r}")
+def _check_alpha(alpha, name='alpha'):
+    if isinstance(alpha, Tensor) or not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        hint = " (use a Python float, e.g. alpha.item())" if isinstance(alpha, Tensor) else ""
+        raise ValueError(f"{name} must be a Python number (the Beta(alpha, alpha) concentration), got {type(alpha).__name__}{hint}")
+    if not alpha > 0 or alpha == float('inf'):
+        raise ValueError(f"{name} must be a finite number > 0 (the Beta(alpha, alpha) concentration), got {alpha!r}")
 
 def _check_generator(generator):
     if generator is not None:
@@ -128,7 +131,10 @@ def _check_batch(x, y, min_dim=1):
     if y is not None:
         if not isinstance(y, Tensor): raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"y has {y.shape[0] if y.ndim else 0} labels but x has {x.shape[0]} samples")
+            k = y.shape[0] if y.ndim else 1
+            hint = (f"; if x {tuple(x.shape)} is one sample, its batch dimension is missing: mix x[None] with y.reshape(1)"
+                    if k == 1 else "")
+            raise ValueError(f"y has {k} label{'s' if k != 1 else ''} but x has {x.shape[0]} samples (batch first){hint}")
 
 def _as_lam(lam, n):
     "Validate an explicit λ (float, 0-d, (1,) or (n,)) and return it as a float32 tensor of shape (1,) or (n,)"
@@ -156,6 +162,7 @@ def mix_params(x:Tensor, # input batch, batch first
                pairing:str='perm', # partner strategy, see `partner_index`
                generator:torch.Generator|None=None, # CPU generator; default: torch's global RNG
                min_dim:int=1, # smallest number of dimensions `x` may have
+               lam_device=None, # device of the returned λ: default `x`'s; 'cpu' for a mixer that builds boxes from it on the host
 )->tuple[Tensor,Tensor]:
     "Check a batch and return `(lam, index)`: λ (1,) or (N,) float32 and partners (N,) long, on `x`'s device"
     _check_batch(x, y, min_dim)
@@ -163,7 +170,7 @@ def mix_params(x:Tensor, # input batch, batch first
     n = x.shape[0]
     lam = sample_lam(alpha, n if lam_mode == 'sample' else 1, fold, generator) if lam is None else _as_lam(lam, n)
     index = partner_index(n, pairing, generator) if index is None else _as_index(index, n)
-    return lam.to(x.device, non_blocking=True), index.to(x.device, non_blocking=True)
+    return lam.to(x.device if lam_device is None else lam_device, non_blocking=True), index.to(x.device, non_blocking=True)
 
 # %% ../nbs/core/01_core.ipynb #596a8fb2
 def _bit_select(mask, a, b, inplace):
@@ -182,16 +189,29 @@ def _check_mask(mask, x):
                                 f"(e.g. (1, 1, H, W) or (N, 1, H, W)), got shape {tuple(mask.shape)}")
     if not (mask.dtype == torch.bool or mask.is_floating_point()): raise ValueError(f"mask must be bool or float, got {mask.dtype}")
 
-def _mask_mix(x, y, mask, index, inplace=False):
+def _blend_(xb, x, w):
+    "`w·x + (1-w)·xb`, written into `xb`. Not `torch.lerp`: its formula turns an inf in one operand into NaN"
+    return xb.mul_(1 - w).addcmul_(x, w)
+
+def _blend_exact(xb, x, w):
+    "`_blend_` where 0 < w < 1, and exactly `x` where w is 1 and `xb` where w is 0, even where the other is not finite"
+    out = torch.addcmul(xb * (1 - w), x, w)
+    if torch.is_grad_enabled() and (x.requires_grad or xb.requires_grad or w.requires_grad): # `out=` has no autograd
+        return torch.where(w == 1, x, torch.where(w == 0, xb, out))
+    torch.where(w == 0, xb, out, out=out)
+    return torch.where(w == 1, x, out, out=out)
+
+def _mask_mix(x, y, mask, index, inplace=False, flat=False):
     "`mask_mix` without the checks: for mixers whose masks are correct by construction"
     xb = x.index_select(0, index) # the partner batch: the one full-size temporary
-    if mask.dtype == torch.bool:
+    if mask.dtype == torch.bool: # a hard mask selects: a partner's value never reaches a pixel a sample keeps
         if x.requires_grad: out = torch.where(mask, x, xb) # bit operations carry no gradient: select in the graph
         else: out = _bit_select(~mask, xb, x, inplace) # xb is the scratch space; x is only written when inplace
         m = mask.float()
-    else:
+    else: # a soft mask blends; with `flat` (regions of weight exactly 0 or 1) those regions select
         m = mask.to(x.dtype)
-        out = x.copy_(xb.lerp_(x, m)) if inplace else xb.lerp_(x, m)
+        out = (_blend_exact if flat else _blend_)(xb, x, m)
+        if inplace: out = x.copy_(out)
         m = m.float()
     lam = m.mean(dim=tuple(range(1, m.ndim))) if m.ndim > 1 else m
     n = len(x)
@@ -210,15 +230,21 @@ def mask_mix(x:Tensor, # batch (N, C, H, W) or any (N, ...), floats
     index = _as_index(index, len(x)).to(x.device)
     if mask.is_floating_point() and (torch.isnan(mask).any() or (mask < 0).any() or (mask > 1).any()):
         raise ValueError("mask values must lie in [0, 1]")
-    return _mask_mix(x, y, mask.to(x.device), index, inplace)
+    return _mask_mix(x, y, mask.to(x.device), index, inplace, flat=True) # a user's soft mask may hold exact 0s and 1s
 
 # %% ../nbs/core/01_core.ipynb #00325f7b
+def _plain(t):
+    "A tensor subclass (fastai's `TensorImage`, `TensorCategory`...) as a plain `Tensor` view; torch ops then dispatch as usual"
+    return t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor else t
+
 def to_soft(y:Tensor, # class indices (N,) or float targets (N, C)
             n_classes:int|None=None, # number of classes, needed for class indices
             smoothing:float=0., # label smoothing ε: t·(1-ε) + ε/C
 )->Tensor:
     "Float targets from class indices or float labels, optionally label-smoothed"
     if not 0 <= smoothing < 1: raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
+    y = _plain(y)
+    if not y.is_floating_point() and y.ndim == 2 and y.shape[1] == 1: y = y[:, 0] # (N, 1) class indices, as fastai's flat losses take them
     if y.is_floating_point(): t = y
     else:
         if n_classes is None: raise ValueError("n_classes is needed to turn class indices into targets")
@@ -237,6 +263,20 @@ def _combine(a, b, lam, lam_b=None):
     return w*a + lam_b.to(a.dtype).reshape(shape)*b
 
 # %% ../nbs/core/01_core.ipynb #e3956fa0
+def _loss_labels(res, pred):
+    "Both label sets as plain tensors, checked against the prediction; (N, 1) class indices of (N, C) logits made (N,)"
+    ya, yb = _plain(res.y_a), _plain(res.y_b)
+    if not ya.is_floating_point():
+        if ya.ndim == 2 and ya.shape[1] == 1 and pred.ndim == 2: ya, yb = ya[:, 0], yb[:, 0]
+    elif pred.ndim == 2 and pred.shape[1] > 1: # (N, C) logits: float labels are targets over the C classes
+        if ya.ndim == 1:
+            raise ValueError(f"the labels are a float tensor of shape {tuple(ya.shape)} and pred is {tuple(pred.shape)}: "
+                             f"class indices must be integers (y.long()); float targets must be (N, {pred.shape[1]})")
+        if ya.ndim != 2 or ya.shape[1] != pred.shape[1]:
+            raise ValueError(f"float targets of shape {tuple(ya.shape)} do not match pred {tuple(pred.shape)}: "
+                             f"they must be (N, {pred.shape[1]})")
+    return ya, yb
+
 def _has_reduction(loss_func):
     if hasattr(loss_func, 'reduction'): return True
     try: return 'reduction' in inspect.signature(loss_func).parameters
@@ -291,9 +331,13 @@ def mix_loss(pred:Tensor, # model output (N, C, ...)
              reduction:str|None=None, # 'mean', 'sum' or 'none'; default: the loss's own, else 'mean'
 )->Tensor:
     "Loss of a mixed batch, with every sample weighted by its own λ before reduction"
-    n = res.lam.shape[0]
-    if pred.shape[0] != n: raise ValueError(f"pred has {pred.shape[0]} samples but the mixed batch has {n}")
+    if not isinstance(pred, Tensor): raise TypeError(f"pred must be a torch.Tensor, got {type(pred).__name__}")
+    pred, n = _plain(pred), res.lam.shape[0]
+    if pred.ndim == 0 or pred.shape[0] != n:
+        raise ValueError(f"pred has {pred.shape[0] if pred.ndim else 0} samples but the mixed batch has {n}")
     if reduction is None: reduction = getattr(loss_func, 'reduction', 'mean')
+    ya, yb = _loss_labels(res, pred)
+    if ya is not res.y_a or yb is not res.y_b: res = replace(res, y_a=ya, y_b=yb)
     if res.y_a.is_floating_point() and getattr(loss_func, 'y_int', False):
         raise ValueError(f"{type(loss_func).__name__} takes class indices (it flattens its targets), but the labels are "
                          f"float (one-hot, soft or multi-label): use nn.CrossEntropyLoss(), soft_target_cross_entropy "
@@ -306,9 +350,9 @@ def mix_loss(pred:Tensor, # model output (N, C, ...)
     lam, lam_b = res.lam.to(pred.device), None if res.lam_b is None else res.lam_b.to(pred.device)
     ignore = _plain_ce(loss_func, pred)
     if ignore is not None: # plain cross-entropy: one log-softmax, both labels gathered from it (torch's own ops)
-        logp = F.log_softmax(pred, dim=1)
+        logp = F.log_softmax(pred, dim=1) # nll_loss gathers from it, with torch's own range check and `ignore_index`
         wa,wb = ((y != ignore).to(logp.dtype)[:, None] for y in (res.y_a, res.y_b))
-        la,lb = (-logp.gather(1, y.long().clamp_min(0)[:, None]) * w for y, w in ((res.y_a, wa), (res.y_b, wb)))
+        la,lb = (F.nll_loss(logp, y.long(), reduction='none', ignore_index=ignore)[:, None] for y in (res.y_a, res.y_b))
     else:
         la,lb = _unreduced(loss_func, pred, res.y_a), _unreduced(loss_func, pred, res.y_b)
         wa,wb = _elem_weights(loss_func, res.y_a), _elem_weights(loss_func, res.y_b)

@@ -66,14 +66,15 @@ def cutmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
 )->MixResult:
     "CutMix: paste a box of each partner into each image; λ = the share of pixels kept from the first image"
     if box is not None and lam is not None: raise ValueError("give either lam or box, not both")
-    lam0, index = mix_params(x, y, alpha, 1. if box is not None else lam, index, lam_mode, False, pairing, generator, min_dim=3)
+    lam0, index = mix_params(x, y, alpha, 1. if box is not None else lam, index, lam_mode, False, pairing, generator, min_dim=3,
+                             lam_device='cpu') # the boxes are drawn on the host: no round trip through the device
     n, (H, W) = len(x), x.shape[-2:]
     if box is None: boxes = cutmix_boxes(lam0, H, W, generator)
     else:
         b = torch.as_tensor(box)
         if b.shape not in ((4,), (n, 4)): raise ValueError(f"box must be (y1, y2, x1, x2) or of shape ({n}, 4), got shape {tuple(b.shape)}")
         boxes = torch.tensor([_check_box(r, H, W) for r in b.view(-1, 4)])
-        lam0 = torch.ones(len(boxes), device=x.device) # only λ from the box is meaningful
+        lam0 = torch.ones(len(boxes)) # only λ from the box is meaningful
     if len(boxes) == 1: # one box for the batch: copy only the box region of the partners
         out = x if inplace else x.clone()
         y1, y2, x1, x2 = boxes[0].tolist()
@@ -83,7 +84,7 @@ def cutmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
         mask = _box_mask(boxes, H, W, x.ndim, x.device)
         out = _bit_select(mask, x.index_select(0, index), x, inplace)
     area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).float() / (H * W)
-    lam = (1 - area).to(x.device, non_blocking=True) if correct_lam or box is not None else lam0
+    lam = ((1 - area) if correct_lam or box is not None else lam0).to(x.device, non_blocking=True)
     return MixResult(out, y, None if y is None else y.index_select(0, index), lam.expand(n), index,
                      mask=None if mask is None else (~mask).float() if return_mask else None)
 

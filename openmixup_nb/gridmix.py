@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, numbers
 import torch
 from torch import Tensor
-from .core import MixResult, mix_params, check_mix_args, sample_lam, _mask_mix
+from .core import MixResult, mix_params, check_mix_args, sample_lam, _mask_mix, _check_batch
 from .callback import MixCallback
 
 # %% auto #0
@@ -103,6 +103,7 @@ def gridmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
 )->MixResult:
     "GridMix: the partner shows through a lattice of holes; λ = the share of pixels kept from the first image"
     opts = _check_grid_args(n_holes, hole_aspect, cut_area_ratio, cut_aspect, lam_scope)
+    _check_batch(x, y, 3)
     N, (H, W) = len(x), x.shape[-2:]
     if lam is None: lam = sample_lam(alpha, N if lam_mode == 'sample' else 1, generator=generator) # on the CPU
     _, index = mix_params(x, y, alpha, lam, index, lam_mode, False, pairing, generator, min_dim=3)

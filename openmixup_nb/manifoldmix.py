@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .core import MixResult, mix_params, check_mix_args, _mask_mix
+from .core import MixResult, mix_params, check_mix_args, _mask_mix, _check_batch
 from .callback import MixCallback
 from .mixup import mixup
 from .models import CIFARNet, stage_modules, _unwrap
@@ -163,9 +163,9 @@ def patchup(x:Tensor, # feature maps (N, C, H, W) (or images: the input layer), 
     gamma = _PATCHUP_GAMMA[mode] if gamma is None else gamma
     holes = patchup_holes(x.shape[1:], gamma, block_size, len(x) if lam_mode == 'sample' else 1, x.device, generator)
     # the weight of the first sample: 1 outside the holes; inside, 0 (hard) or λ₀ (soft)
-    if mode == 'hard': mask = (~holes).to(x.dtype) # 0/1 floats, not bool: see below
+    if mode == 'hard': mask = ~holes # a hard mask selects (see below)
     else: mask = torch.where(holes, lam.view(-1, 1, 1, 1), 1.)
-    res = _mask_mix(x, y, mask, index, inplace)
+    res = _mask_mix(x, y, mask, index, inplace, flat=True) # soft: weight 1 outside the holes, selected there
     res.extra.update(block_size=min(block_size, *x.shape[-2:]), gamma=gamma)
     return res
 
@@ -180,6 +180,7 @@ def feature_mix_forward(model:nn.Module, # one of our CIFAR nets or a timm model
                         **kwargs, # passed to `mixer` (alpha, lam, index, lam_mode...)
 )->tuple[Tensor, MixResult]:
     "Run `model` on `x`, mixing with `mixer` at a layer drawn from `layers`: the input, or a module's output in the graph"
+    _check_batch(x, y) # the batch itself, whichever layer is drawn; its shape is the model's to judge
     mods = layer_modules(model, layers if layer is None else layer)
     l = _pick(tuple(mods), generator)
     if l == 0:
@@ -278,6 +279,7 @@ class FeatureMixCallback(MixCallback):
         super().before_batch()
 
     def mix(self, x, y):
+        _check_batch(x, y) # the batch, whichever layer is drawn (a hidden layer's mixer sees only features)
         l = _pick(self.layers, self.generator)
         if l == 0:
             res = self.mix_features(x, y, inplace=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, numbers
 import torch
 from torch import Tensor
-from .core import MixResult, mix_params, check_mix_args, sample_lam, _mask_mix
+from .core import MixResult, mix_params, check_mix_args, sample_lam, _mask_mix, _check_batch
 from .callback import MixCallback
 
 # %% auto #0
@@ -73,6 +73,7 @@ def smoothmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
     "SmoothMix: `(1-G)·x + G·x[index]` with a Gaussian `G` of peak 1; λ = 1 - mean(G), the first image's share"
     check_mix_args(alpha=alpha)
     sig = _check_sigma(sigma)
+    _check_batch(x, y, 3)
     N, (H, W) = len(x), x.shape[-2:]
     solve = lam is not None or sig is None # σ solved from λ, else drawn from `sigma`
     if lam is None and sig is None: lam = sample_lam(alpha, N if lam_mode == 'sample' else 1, generator=generator)
@@ -85,7 +86,7 @@ def smoothmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
     dev = x.device
     cy, cx, s = (t.to(dev, torch.float32, non_blocking=True) for t in (cy, cx, s))
     G = _gauss(cy, s, H, dev, torch.float32)[:, :, None] * _gauss(cx, s, W, dev, torch.float32)[:, None, :]
-    res = _mask_mix(x, y, (1 - G).view(n, *[1]*(x.ndim-3), H, W), index, inplace) # mask = weight of the first image
+    res = _mask_mix(x, y, (1 - G).view(n, *[1]*(x.ndim-3), H, W), index, inplace, flat=True) # G underflows to 0 far out: those pixels select
     res.extra.update(sigma=torch.stack([s * H, s * W], 1), center=torch.stack([cy, cx], 1)) # in pixels
     return res
 
