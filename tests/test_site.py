@@ -19,8 +19,6 @@ def _id(p): return str(p.relative_to(NBS))
 KNOWN = {
     'performance/01_performance.ipynb': "two slow cells print text wider than the column (the goal verdicts, 110 characters, and a "
                                         "torch.profiler table); the cost table itself is a rendered DataFrame now",
-    'learned/02_automix.ipynb': "the 400-step pictures cell (about 20 min, over nbdev's 600 s cell timeout) printed "
-                                "fastai's recorder lists; its figures predate the show_masks label fix",
     'benchmark/01_bench.ipynb': "the 18-minute SAMix/vanilla/Mixup cell prints a text table wider than the column",
     'get_started/01_cifar10_end_to_end.ipynb': "the slow training cell printed a text table and a JSON dump, not a table",
 }
