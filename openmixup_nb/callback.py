@@ -80,6 +80,17 @@ class MixCallback(Callback):
         "The loss of a mixed batch: by default the original loss, mixed per sample"
         return self.res.loss(pred, self.old_lf)
 
+    @property
+    def old_lf(self):
+        "The learner's own loss: saved at `before_train`; outside a fit (`mix` called on its own), the learner's, unwrapped"
+        lf = self.__dict__.get('_old_lf')
+        if lf is None:
+            lf = self.learn.loss_func
+            while isinstance(lf, MixedLoss): lf = lf.loss_func
+        return lf
+    @old_lf.setter
+    def old_lf(self, lf): self.__dict__['_old_lf'] = lf
+
     def hook(self, module:nn.Module, fn)->None:
         "Register forward hook `fn` on `module` for this fit; removed after the fit, even a cancelled one"
         self._hooks.append(module.register_forward_hook(fn))

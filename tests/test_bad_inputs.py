@@ -417,3 +417,19 @@ def test_callback_bad_p(name, p):
     try: cls(*extra, p=p)
     except Exception as e: return clear_error(e, 'p (the probability', 'p must')
     raise AssertionError(f'p={p!r} accepted')
+
+@pytest.mark.parametrize('name', list(CALLBACKS))
+def test_callback_mix_outside_a_fit(name):
+    "`cb.mix(x, y)` on its own (as in a notebook, before any fit), on fastai's tensor types"
+    cb = CALLBACKS[name]()
+    torch.manual_seed(0)
+    learn = Learner(_dls(), create_model('resnet18', num_classes=NC, width=0.125), loss_func=CrossEntropyLossFlat(), cbs=cb)
+    learn.create_opt()
+    if hasattr(cb, 'build'): cb.build()
+    x, y = _dls().one_batch()
+    x, y = TensorImage(x), TensorCategory(y)
+    learn.xb, learn.yb = (x,), (y,)
+    res = cb.mix(x, y)
+    check_result(res, x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor), 'blend')
+    loss = res.loss(learn.model(res.x), CrossEntropyLossFlat())
+    assert loss.ndim == 0 and torch.isfinite(loss)
