@@ -190,27 +190,32 @@ def _check_mask(mask, x):
     if not (mask.dtype == torch.bool or mask.is_floating_point()): raise ValueError(f"mask must be bool or float, got {mask.dtype}")
 
 def _blend_(xb, x, w):
-    "`w·x + (1-w)·xb`, written into `xb`. Not `torch.lerp`: its formula turns an inf in one operand into NaN"
-    return xb.mul_(1 - w).addcmul_(x, w)
+    "`w·x + (1-w)·xb` into `xb`, a gather of `x`: exact where w is 0 or 1, inf kept inf, NaN only where it has weight"
+    # `torch.lerp` is exact at w = 0 and 1 and for xb == x, but only for finite values: its formula turns an inf
+    # into NaN and lets a NaN through a weight of 0. On the CPU one sum (a fast reduction, no sync to pay) tells
+    # whether the batch is finite; elsewhere the exact path runs without asking, since asking would sync the device.
+    if x.device.type == 'cpu' and bool(torch.isfinite(x.detach().sum(dtype=torch.float32 if x.dtype != torch.float64 else None))):
+        return xb.lerp_(x, w)
+    return xb.copy_(_blend_exact(xb, x, w))
 
 def _blend_exact(xb, x, w):
-    "`_blend_` where 0 < w < 1, and exactly `x` where w is 1 and `xb` where w is 0, even where the other is not finite"
+    "`w·x + (1-w)·xb` where 0 < w < 1, and exactly `x` where w is 1 and `xb` where w is 0, even where the other is not finite"
     out = torch.addcmul(xb * (1 - w), x, w)
     if torch.is_grad_enabled() and (x.requires_grad or xb.requires_grad or w.requires_grad): # `out=` has no autograd
         return torch.where(w == 1, x, torch.where(w == 0, xb, out))
     torch.where(w == 0, xb, out, out=out)
     return torch.where(w == 1, x, out, out=out)
 
-def _mask_mix(x, y, mask, index, inplace=False, flat=False):
+def _mask_mix(x, y, mask, index, inplace=False):
     "`mask_mix` without the checks: for mixers whose masks are correct by construction"
     xb = x.index_select(0, index) # the partner batch: the one full-size temporary
     if mask.dtype == torch.bool: # a hard mask selects: a partner's value never reaches a pixel a sample keeps
         if x.requires_grad: out = torch.where(mask, x, xb) # bit operations carry no gradient: select in the graph
         else: out = _bit_select(~mask, xb, x, inplace) # xb is the scratch space; x is only written when inplace
         m = mask.float()
-    else: # a soft mask blends; with `flat` (regions of weight exactly 0 or 1) those regions select
+    else: # a soft mask blends; where its weight is exactly 0 or 1 it selects (see `_blend_`)
         m = mask.to(x.dtype)
-        out = (_blend_exact if flat else _blend_)(xb, x, m)
+        out = _blend_(xb, x, m)
         if inplace: out = x.copy_(out)
         m = m.float()
     lam = m.mean(dim=tuple(range(1, m.ndim))) if m.ndim > 1 else m
@@ -230,7 +235,7 @@ def mask_mix(x:Tensor, # batch (N, C, H, W) or any (N, ...), floats
     index = _as_index(index, len(x)).to(x.device)
     if mask.is_floating_point() and (torch.isnan(mask).any() or (mask < 0).any() or (mask > 1).any()):
         raise ValueError("mask values must lie in [0, 1]")
-    return _mask_mix(x, y, mask.to(x.device), index, inplace, flat=True) # a user's soft mask may hold exact 0s and 1s
+    return _mask_mix(x, y, mask.to(x.device), index, inplace)
 
 # %% ../nbs/core/01_core.ipynb #00325f7b
 def _plain(t):

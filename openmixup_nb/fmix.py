@@ -121,7 +121,7 @@ def fmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
     elif reformulate: lam = _beta_ab(alpha + 1, alpha, m, generator)
     else: lam = sample_lam(alpha, m, generator=generator)
     mask = fmix_mask(lam, (H, W), decay_power, max_soft, generator, x.device)
-    return _mask_mix(x, y, mask.view(len(lam), *[1]*(x.ndim-3), H, W), index, inplace, flat=True) # soft masks are 0 or 1 off the ramp
+    return _mask_mix(x, y, mask.view(len(lam), *[1]*(x.ndim-3), H, W), index, inplace)
 
 # %% ../nbs/mixers/07_fmix.ipynb #5d607380
 class FMixCallback(MixCallback):

@@ -165,7 +165,7 @@ def patchup(x:Tensor, # feature maps (N, C, H, W) (or images: the input layer), 
     # the weight of the first sample: 1 outside the holes; inside, 0 (hard) or λ₀ (soft)
     if mode == 'hard': mask = ~holes # a hard mask selects (see below)
     else: mask = torch.where(holes, lam.view(-1, 1, 1, 1), 1.)
-    res = _mask_mix(x, y, mask, index, inplace, flat=True) # soft: weight 1 outside the holes, selected there
+    res = _mask_mix(x, y, mask, index, inplace) # soft: weight 1 outside the holes, which select (see `_blend_`)
     res.extra.update(block_size=min(block_size, *x.shape[-2:]), gamma=gamma)
     return res
 

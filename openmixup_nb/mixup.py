@@ -28,7 +28,7 @@ def mixup(x:Tensor, # batch (N, ...) of floats: images, features, any shape
     "Mixup: `lam·x + (1-lam)·x[index]`, with λ per batch or per sample"
     lam, index = mix_params(x, y, alpha, lam, index, lam_mode, fold, pairing, generator)
     xm = x.index_select(0, index) # the one full-size temporary; the blend is written into it
-    _blend_(xm, x, lam.to(x.dtype).view(-1, *[1]*(x.ndim-1))) # `lam·x + (1-lam)·xm`: an inf stays inf (lerp: NaN)
+    _blend_(xm, x, lam.to(x.dtype).view(-1, *[1]*(x.ndim-1))) # `lam·x + (1-lam)·xm`, exact for non-finite values too
     n = len(x)
     return MixResult(xm, y, None if y is None else y.index_select(0, index), lam.expand(n), index)
 

@@ -86,7 +86,7 @@ def smoothmix(x:Tensor, # images (N, C, H, W) (any (N, ..., H, W)), floats
     dev = x.device
     cy, cx, s = (t.to(dev, torch.float32, non_blocking=True) for t in (cy, cx, s))
     G = _gauss(cy, s, H, dev, torch.float32)[:, :, None] * _gauss(cx, s, W, dev, torch.float32)[:, None, :]
-    res = _mask_mix(x, y, (1 - G).view(n, *[1]*(x.ndim-3), H, W), index, inplace, flat=True) # G underflows to 0 far out: those pixels select
+    res = _mask_mix(x, y, (1 - G).view(n, *[1]*(x.ndim-3), H, W), index, inplace) # mask = weight of the first image
     res.extra.update(sigma=torch.stack([s * H, s * W], 1), center=torch.stack([cy, cx], 1)) # in pixels
     return res
 

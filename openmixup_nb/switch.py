@@ -10,7 +10,7 @@ import inspect
 import math
 import torch
 from torch import Tensor
-from .core import MixResult, check_mix_args, sample_lam, partner_index, _check_batch, _check_alpha, _as_lam, _as_index, _blend_exact
+from .core import MixResult, check_mix_args, sample_lam, partner_index, _check_batch, _check_alpha, _as_lam, _as_index, _blend_
 from .callback import MixCallback
 from .mixup import mixup
 from .cutmix import cutmix, cutmix_boxes, _box_mask
@@ -171,7 +171,7 @@ def _switch_rows(x, y, fns, alphas, c, lam, index, lam_mode, pairing, generator,
     # an unmixed sample is its own partner
     idx = torch.where(van.to(index.device), torch.arange(n, device=index.device), index) if van.any() else index
     idx = idx.to(dev, non_blocking=True)
-    out = _blend_exact(x.index_select(0, idx), x, m) if fused else None # one gather and one blend; weights 0/1 select
+    out = _blend_(x.index_select(0, idx), x, m) if fused else None # all fused rows: one gather and one blend
     lam_o, wb = lam_f.to(dev, non_blocking=True), None
     shape = (n,) + (1,)*(min(nd, 2) - 1) + tuple(x.shape[2:]) # (N, 1, H, W) for images
     mask, has_mask = (m.float().expand(shape) if fused else None), True
