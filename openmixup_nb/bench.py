@@ -6,13 +6,16 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/benchmark/bench.html.md"""
 
 # %% ../nbs/benchmark/01_bench.ipynb #4ffba82b
 from __future__ import annotations
-import json, time, resource, statistics, sys, platform, inspect
+import json, math, numbers, os, time, resource, statistics, sys, platform, inspect, warnings
 import multiprocessing as mp
 from pathlib import Path
+import numpy as np
 import torch
 from torch import nn
 from fastcore.script import call_parse
-from fastai.learner import Learner
+with warnings.catch_warnings(): # importing fastai calls `torch.jit.script` (fastai.layers), which torch deprecates (a FutureWarning)
+    warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*', category=FutureWarning)
+    from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedCos
 from fastai.callback.progress import ProgressCallback
@@ -24,7 +27,7 @@ from .callbacks import (MixCallback, MixupCallback, CutMixCallback, MixSwitchCal
                                     ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback,
                                     AutoMixCallback, SAMixCallback, AdAutoMixCallback)
 from .data import cifar_dls, cifar_tensors
-from .models import create_model
+from .models import create_model, CIFAR_MODELS
 
 # %% auto #0
 __all__ = ['CIFAR_ALPHAS', 'METHODS', 'method_callback', 'TrainTimer', 'train_one', 'run_benchmark', 'save_results', 'summarize',
@@ -61,17 +64,19 @@ def method_callback(name:str, # a key of `METHODS`
 
 # %% ../nbs/benchmark/01_bench.ipynb #0edd2b12
 class TrainTimer(Callback):
-    "Time (wall clock and this process's CPU time) spent in training phases, excluding validation, and the images seen"
+    "Time (wall clock and this process's CPU time) spent in training phases, excluding validation, per epoch and in all; images seen"
     order = -5
     def __init__(self): super().__init__() # shown in the docs instead of fastai's event-hook keywords
-    def before_fit(self): self.train_time, self.cpu_time, self.n_seen = 0., 0., 0
+    def before_fit(self): self.train_time, self.cpu_time, self.n_seen, self.epoch_times, self.epoch_cpu = 0., 0., 0, [], []
     def before_train(self):
         self._sync(); self._t, self._c = time.perf_counter(), time.process_time()
     def after_batch(self):
         if self.training: self.n_seen += self.learn.yb[0].shape[0]
     def after_train(self):
-        self._sync(); self.train_time += time.perf_counter() - self._t
-        self.cpu_time += time.process_time() - self._c
+        self._sync()
+        wall, cpu = time.perf_counter() - self._t, time.process_time() - self._c
+        self.epoch_times.append(wall); self.epoch_cpu.append(cpu)
+        self.train_time += wall; self.cpu_time += cpu
     def _sync(self):
         if torch.cuda.is_available() and self.dls.device.type == 'cuda': torch.cuda.synchronize()
 
@@ -90,6 +95,51 @@ def _column(recorder, name):
     i = names.index(name) - 1 # the rows of `recorder.values` have no 'epoch' entry
     return [float(v[i]) for v in recorder.values]
 
+class _EpochLine(Callback):
+    "One line after each epoch: its test top-1 (and the EMA encoder's), train loss, CPU and wall time of its training phase"
+    order = 70 # after the Recorder (50) has the epoch's metrics and the progress bar (60) has cleared its line
+    def __init__(self, timer:TrainTimer): super().__init__(); self.timer = timer
+    def after_epoch(self):
+        v = dict(zip(self.recorder.metric_names[1:], self.recorder.values[-1]))
+        ema = f", EMA {100*float(v['ema_accuracy']):.2f}%" if 'ema_accuracy' in v else ''
+        print(f"  epoch {self.epoch+1}/{self.n_epoch}: top-1 {100*float(v['accuracy']):.2f}%{ema}, "
+              f"train loss {float(v['train_loss']):.3f}, {self.timer.epoch_cpu[-1]:.1f} s CPU / "
+              f"{self.timer.epoch_times[-1]:.1f} s wall", flush=True)
+
+# %% ../nbs/benchmark/01_bench.ipynb #c7e1a2b0
+def _int_arg(name, v, lo, none=False):
+    "`v` if it is an integer >= `lo` (or None, where `none`), else an error that names the argument"
+    if v is None and none: return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}{' (or None)' if none else ''}, got {v!r}")
+    return int(v)
+
+def _num_arg(name, v, strict=True):
+    "`v` if it is a finite number > 0 (>= 0 unless `strict`), else an error that names the argument"
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 or (strict and v == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v!r}")
+    return v
+
+def _check_run_args(kw:dict):
+    "Fail at once, naming the argument, on settings of `train_one` (`kw`: all of them) that training would trip over later"
+    if kw['dataset'] not in ('cifar10', 'cifar100'): raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {kw['dataset']!r}")
+    for k in ('epochs', 'bs'): _int_arg(k, kw[k], 1)
+    for k in ('n_train', 'n_valid'): _int_arg(k, kw[k], 0, none=True)
+    _int_arg('last', kw['last'], 1, none=True)
+    if kw['last'] is not None and kw['last'] > kw['epochs']:
+        raise ValueError(f"last ({kw['last']}) must be at most epochs ({kw['epochs']})")
+    _num_arg('width', kw['width']); _num_arg('lr', kw['lr']); _num_arg('wd', kw['wd'], strict=False)
+    arch = kw['arch']
+    if isinstance(arch, str) and arch.startswith('timm:'):
+        import timm
+        if not timm.is_model(arch[5:]): raise ValueError(f"unknown timm model {arch[5:]!r} (see timm.list_models())")
+        if kw['width'] != 1: raise ValueError(f"width applies to our CIFAR models only; use width 1 with {arch}")
+    elif arch not in CIFAR_MODELS: raise ValueError(f"unknown arch {arch!r}; ours: {', '.join(CIFAR_MODELS)}, or 'timm:<name>'")
+    if kw['device'] is not None:
+        try: d = torch.device(kw['device'])
+        except (RuntimeError, TypeError) as e: raise ValueError(f"device {kw['device']!r} is not a torch device: {e}") from None
+        if d.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device {kw['device']!r}: torch sees no CUDA GPU here")
+
 # %% ../nbs/benchmark/01_bench.ipynb #ce5178f7
 def train_one(method:str='vanilla', # a key of `METHODS`
               dataset:str='cifar10', # 'cifar10' or 'cifar100'
@@ -107,8 +157,10 @@ def train_one(method:str='vanilla', # a key of `METHODS`
               seed:int=0, # seed of the model, the mixing and the data order
               device:str|None=None, # 'cpu', 'cuda', ... (default: fastai's default device)
               progress:bool=True, # show fastai progress bars
+              verbose:bool=False, # print a line per epoch: test top-1, train loss, CPU and wall time of its training
 )->dict:
     "Train `arch` on `dataset` with `method` under the benchmark recipe; return accuracy, time and memory"
+    _check_run_args(dict(locals()))
     cb = method_callback(method, alpha)
     set_seed(seed)
     dls = cifar_dls(dataset, data, bs=bs, n_train=n_train or None, n_valid=n_valid or None, seed=seed,
@@ -116,7 +168,7 @@ def train_one(method:str='vanilla', # a key of `METHODS`
     model = create_model(arch, num_classes=dls.c, width=width)
     timer = TrainTimer()
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=SGD, lr=lr, wd=wd, metrics=accuracy,
-                    cbs=[timer] + ([cb] if cb else []))
+                    cbs=[timer] + ([cb] if cb else []) + ([_EpochLine(timer)] if verbose else []))
     learn.model.to(dls.device)
     if dls.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(dls.device)
     if not progress: learn.remove_cb(ProgressCallback)
@@ -134,7 +186,9 @@ def train_one(method:str='vanilla', # a key of `METHODS`
                top1_per_epoch=[round(100*a, 2) for a in accs],
                train_loss=_column(rec, 'train_loss')[-1], wall_s=wall, train_s=timer.train_time,
                train_cpu_s=timer.cpu_time, train_img_s=timer.n_seen / max(timer.train_time, 1e-9),
-               peak_mem_mib=mem, mem_kind=mem_kind, device=str(dls.device))
+               train_s_per_epoch=[round(t, 4) for t in timer.epoch_times],
+               train_cpu_s_per_epoch=[round(t, 4) for t in timer.epoch_cpu],
+               peak_mem_mib=mem, mem_kind=mem_kind, device=str(dls.device), threads=torch.get_num_threads())
     if ema is not None:
         res.update(ema_top1=100*_median_last(ema, last), ema_top1_best=100*max(ema),
                    ema_top1_per_epoch=[round(100*a, 2) for a in ema])
@@ -155,55 +209,150 @@ def _isolated(kwargs):
     if status != 'ok': raise RuntimeError(f"run {kwargs.get('method')} (seed {kwargs.get('seed')}) failed: {res}")
     return res
 
+# %% ../nbs/benchmark/01_bench.ipynb #e5f7a9c1
+def _check_plan(methods, seeds, alphas):
+    "(methods, seeds, alphas) as a list, a list and a dict, or an error naming what is wrong with them"
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods: raise ValueError("no methods given")
+    for m in methods: method_callback(m) # unknown names: the error lists the available ones
+    seeds = [seeds] if isinstance(seeds, numbers.Integral) else list(seeds)
+    if not seeds: raise ValueError("no seeds given")
+    seeds = [_int_arg('a seed', s, 0) for s in seeds]
+    for what, xs in (('method', methods), ('seed', seeds)):
+        dup = sorted({str(x) for x in xs if xs.count(x) > 1})
+        if dup: raise ValueError(f"{what} {', '.join(dup)} given more than once")
+    alphas = dict(alphas or {})
+    for m, a in alphas.items():
+        if m not in methods: raise ValueError(f"an alpha is given for {m!r}, which is not among the methods ({', '.join(methods)})")
+        if m == 'vanilla': raise ValueError("vanilla training mixes nothing: it takes no alpha")
+        try: method_callback(m, a)
+        except (ValueError, TypeError) as e: raise ValueError(f"alpha of {m}: {e}") from None
+    return methods, seeds, alphas
+
+def _earlier_runs(out, overwrite:bool)->list:
+    "The runs results file `out` holds (none if it does not exist, or with `overwrite`); an error naming it if it cannot be used"
+    out = Path(out)
+    if out.is_dir(): raise ValueError(f"results file {out} is a folder")
+    if not out.parent.is_dir(): raise ValueError(f"cannot write results file {out}: folder {out.parent} does not exist")
+    runs = []
+    if out.exists() and not overwrite:
+        try: d = json.loads(out.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"results file {out} cannot be read ({e}); move it away, or start afresh with overwrite=True (--overwrite)") from None
+        if not (isinstance(d, dict) and isinstance(d.get('runs'), list) and all(isinstance(r, dict) for r in d['runs'])):
+            raise ValueError(f"results file {out} is not a benchmark results file (no list of runs); "
+                             "move it away, or start afresh with overwrite=True (--overwrite)")
+        runs = d['runs']
+    existed = out.exists()
+    try: open(out, 'a').close() # writable? (leaves the file as it was)
+    except OSError as e: raise ValueError(f"cannot write results file {out}: {e.strerror}") from None
+    if not existed: out.unlink()
+    return runs
+
 # %% ../nbs/benchmark/01_bench.ipynb #b9562868
 def run_benchmark(methods=('vanilla', 'mixup', 'cutmix'), # keys of `METHODS`
                   seeds=(0,), # one run per seed and method
                   alphas:dict|None=None, # α per method (default: `CIFAR_ALPHAS`)
                   out:str|Path|None=None, # JSON file the results are written to (None: not written)
+                  overwrite:bool=False, # start `out` afresh; False: keep the runs it holds and append these
                   isolate:bool=True, # one fresh process per run
+                  verbose:bool=True, # a line naming each run and a line per epoch (test top-1, train loss, time)
                   **kwargs, # passed to `train_one`
 )->list[dict]:
-    "Train every method with every seed; return (and save) one record per run"
-    alphas = alphas or {}
-    for m in methods: method_callback(m) # fail early on an unknown name
-    runs = []
+    "Train every method with every seed; return this call's records, saved to `out` (after its earlier ones) after each run"
+    methods, seeds, alphas = _check_plan(methods, seeds, alphas)
+    params = inspect.signature(train_one).parameters
+    bad = sorted(set(kwargs) - (set(params) - {'method', 'seed', 'alpha', 'verbose'}))
+    if bad: raise TypeError(f"run_benchmark got unexpected keyword argument(s) {', '.join(bad)}")
+    kw = {k: p.default for k, p in params.items()} | kwargs
+    _check_run_args(kw)
+    earlier = [] if out is None else _earlier_runs(out, overwrite)
+    if verbose and earlier: print(f"{out}: keeping its {len(earlier)} earlier run(s); this call's runs are appended")
+    # decode the data into the cache before any run, so no measured run pays for it (in time or memory)
     for seed in seeds:
-        # decode the data into the cache before any run, so no measured run pays for it (in time or memory)
-        kw = {k: p.default for k, p in inspect.signature(train_one).parameters.items()} | kwargs
         for split, n in (('train', kw['n_train']), ('test', kw['n_valid'])):
             cifar_tensors(kw['dataset'], split, kw['data'], n=n or None, seed=seed)
+    runs, total = [], len(methods) * len(seeds)
+    for seed in seeds:
         for m in methods:
-            kw = dict(kwargs, method=m, seed=seed, alpha=alphas.get(m))
+            if verbose: print(f"[{len(runs) + 1}/{total}] {m}, seed {seed}", flush=True)
+            kw = dict(kwargs, method=m, seed=seed, alpha=alphas.get(m), verbose=verbose)
             runs.append(_isolated(kw) if isolate else train_one(**kw))
-            if out is not None: save_results(runs, out)
+            if out is not None: save_results(earlier + runs, out)
     return runs
 
 def save_results(runs:list[dict], out:str|Path):
-    "Write the runs and the machine they ran on to a JSON file"
+    "Write the runs and the machine they ran on to a JSON file, replacing it in one step"
     meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                 cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None, threads=torch.get_num_threads())
-    Path(out).write_text(json.dumps(dict(meta=meta, runs=runs), indent=1))
+    out = Path(out); tmp = out.with_name(out.name + '.tmp')
+    try:
+        tmp.write_text(json.dumps(dict(meta=meta, runs=runs), indent=1, default=lambda o: o.item() if hasattr(o, 'item') else str(o)))
+        os.replace(tmp, out)
+    finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/benchmark/01_bench.ipynb #fa6f89a8
+def _epoch_times(r:dict, basis:str)->list:
+    "A run's training time per epoch, `basis` 'cpu' or 'wall'; a record without per-epoch times gives its mean epoch"
+    per = r.get('train_cpu_s_per_epoch' if basis == 'cpu' else 'train_s_per_epoch')
+    if per: return [float(t) for t in per]
+    tot = r.get('train_cpu_s' if basis == 'cpu' else 'train_s')
+    return [] if tot is None else [tot / r['epochs']]
+
 def summarize(runs:list[dict]):
-    "A table per method: top-1 (mean ± std over seeds), time, throughput, memory, as ratios to vanilla where it ran"
+    "Per method: top-1 (mean ± std over seeds), time per epoch and its ratio to vanilla's (median, quartiles), wall time, throughput, memory"
     import pandas as pd
+    if not runs: raise ValueError("no runs to summarize")
     df = pd.DataFrame(runs)
+    basis = 'cpu' if all(str(r.get('device', 'cpu')).startswith('cpu') for r in runs) else 'wall'
     g = df.groupby('method', sort=False)
-    t = pd.DataFrame({'runs': g.size(), 'top1': g.top1.mean(), 'top1_std': g.top1.std(ddof=1).fillna(0.),
-                      'train_s': g.train_s.mean(), 'train_img_s': g.train_img_s.mean(), 'peak_mem_mib': g.peak_mem_mib.mean()})
-    if 'vanilla' in t.index:
-        t['time_x'] = t.train_s / t.loc['vanilla', 'train_s']
-        t['mem_x'] = t.peak_mem_mib / t.loc['vanilla', 'peak_mem_mib']
+    t = pd.DataFrame({'runs': g.size(), 'top1': g.top1.mean(), 'top1_std': g.top1.std(ddof=1).fillna(0.)})
+    ep = {m: np.array([x for r in runs if r['method'] == m for x in _epoch_times(r, basis)]) for m in t.index}
+    t[f'{basis}_s_epoch'] = [np.median(ep[m]) if len(ep[m]) else np.nan for m in t.index]
+    if 'vanilla' in t.index and len(ep['vanilla']):
+        ref = np.median(ep['vanilla'])
+        q = np.array([np.quantile(ep[m] / ref, [0.25, 0.5, 0.75]) if len(ep[m]) else [np.nan]*3 for m in t.index])
+        t[f'{basis}_x'], t[f'{basis}_x_q1'], t[f'{basis}_x_q3'] = q[:, 1], q[:, 0], q[:, 2]
+    t['train_s'], t['train_img_s'], t['peak_mem_mib'] = g.train_s.mean(), g.train_img_s.mean(), g.peak_mem_mib.mean()
+    if 'vanilla' in t.index: t['mem_x'] = t.peak_mem_mib / t.loc['vanilla', 'peak_mem_mib']
     return t.round(3)
 
+_NOTES = {'cpu': "cpu_x: this process's CPU time per training epoch / vanilla's median epoch, median [quartiles]\n"
+                 "over epochs. It counts the work done, so load from other programs moves it much less than wall\n"
+                 "time (shared caches still move it by a few percent). cpu s/ep: median.\n",
+          'wall': "wall_x: wall-clock time per training epoch / vanilla's median epoch, median [quartiles] over\n"
+                  "epochs; wall s/ep: median.\n"}
+
 def format_table(t)->str:
-    "The summary as text: top-1 as mean ± std"
-    t = t.copy()
-    t.insert(1, 'top-1 %', [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in zip(t.top1, t.top1_std, t.runs)])
-    return t.drop(columns=['top1', 'top1_std']).to_string()
+    "The summary as text at most 100 characters wide, top-1 as mean ± std, with a note on what the time ratio measures"
+    import pandas as pd
+    basis = 'cpu' if 'cpu_s_epoch' in t else 'wall'
+    x = f'{basis}_x'
+    cols = {'runs': t.runs,
+            'top-1 %': [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in zip(t.top1, t.top1_std, t.runs)],
+            f'{basis} s/ep': t[f'{basis}_s_epoch'].map('{:.2f}'.format)}
+    if x in t: cols[f'{x} [q1, q3]'] = [f"{m:.2f} [{a:.2f}, {b:.2f}]" for m, a, b in zip(t[x], t[f'{x}_q1'], t[f'{x}_q3'])]
+    cols |= {'train_s': t.train_s.map('{:.1f}'.format), 'img/s': t.train_img_s.map('{:.0f}'.format),
+             'mem MiB': t.peak_mem_mib.map('{:.0f}'.format)}
+    if 'mem_x' in t: cols['mem_x'] = t.mem_x.map('{:.2f}'.format)
+    note = _NOTES[basis] if x in t else ''
+    return pd.DataFrame(cols, index=t.index).to_string() + '\n' + note + "train_s: wall-clock seconds of training per run."
 
 # %% ../nbs/benchmark/01_bench.ipynb #2765a01c
+def _parse_alphas(s:str|None)->dict|None:
+    "'mixup=1,cutmix=0.2' as a dict, or an error showing the expected form"
+    if not s: return None
+    al = {}
+    for kv in s.split(','):
+        k, sep, v = kv.partition('=')
+        try: a = float(v)
+        except ValueError: a = None
+        if not sep or not k.strip() or a is None:
+            raise ValueError(f"--alphas takes method=number pairs such as 'mixup=1,cutmix=0.2', got {kv!r}")
+        if k.strip() in al: raise ValueError(f"--alphas: {k.strip()} given more than once")
+        al[k.strip()] = a
+    return al
+
 @call_parse
 def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix
                dataset:str='cifar10', # 'cifar10' or 'cifar100'
@@ -220,17 +369,27 @@ def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanill
                alphas:str=None, # e.g. 'mixup=1,cutmix=0.2' (default: the benchmark's CIFAR α)
                last:int=None, # epochs in the median top-1 (default: 10, or a fifth of short runs)
                device:str=None, # 'cpu' or 'cuda' (default: the GPU if there is one)
-               out:str='omnb_results.json', # results file
+               out:str='omnb_results.json', # results file; the runs it holds are kept and the new ones appended
+               overwrite:bool=False, # start the results file afresh instead of appending to it
                isolate:bool=True, # runs in fresh processes; --no-isolate: all runs in this process
                progress:bool=True, # show progress bars; --no-progress: none
 ):
     "Train a backbone on CIFAR with each mixup method; print and save top-1, time, throughput and memory"
-    al = {k: float(v) for k, v in (kv.split('=') for kv in alphas.split(','))} if alphas else None
-    ms = [m.strip() for m in methods.split(',') if m.strip()]
-    runs = run_benchmark(ms, seeds=range(seeds), alphas=al, out=out, isolate=isolate, dataset=dataset, data=data,
-                         arch=arch, width=width, epochs=epochs, bs=bs, lr=lr, wd=wd, n_train=n_train, n_valid=n_valid,
-                         last=last, device=device, progress=progress)
-    print(f"\n{dataset}, {arch} x{width}, {epochs} epochs, {runs[0]['n_train']} train / {runs[0]['n_valid']} test images, "
-          f"top-1 = median of the last {runs[0]['top1_last_epochs']} epoch(s); memory: {runs[0]['mem_kind']}")
+    try:
+        ms = [m.strip() for m in methods.split(',') if m.strip()]
+        _int_arg('--seeds', seeds, 1)
+        runs = run_benchmark(ms, seeds=range(seeds), alphas=_parse_alphas(alphas), out=out, overwrite=overwrite,
+                             isolate=isolate, dataset=dataset, data=data, arch=arch, width=width, epochs=epochs, bs=bs,
+                             lr=lr, wd=wd, n_train=n_train, n_valid=n_valid, last=last, device=device, progress=progress)
+    except FileNotFoundError as e:
+        msg, arg = str(e), "pass its path (`path=`)"
+        if data is None: msg = msg.replace(arg, "pass its path with --data PATH") if arg in msg else msg + "\n(--data PATH)"
+        sys.exit(f"omnb_bench: error: {msg}")
+    except ValueError as e: sys.exit(f"omnb_bench: error: {e}")
+    r = runs[0]
+    print(f"\n{dataset}, {arch} x{width}, {epochs} epoch{'s' if epochs != 1 else ''}, {r['n_train']} train / {r['n_valid']} test images, "
+          f"{r['threads']} thread(s);\ntop-1 = median of the last {r['top1_last_epochs']} epoch(s); memory: {r['mem_kind']}")
     print(format_table(summarize(runs)))
-    print(f"results: {out}")
+    n = len(json.loads(Path(out).read_text())['runs'])
+    s = lambda k: f"{k} run{'s' if k != 1 else ''}"
+    print(f"appended {s(len(runs))} to {out} (now {n})" if n > len(runs) else f"wrote {s(len(runs))} to {out}")

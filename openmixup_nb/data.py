@@ -46,6 +46,15 @@ def _candidates(folder:Path, name:str):
     return res
 
 # %% ../nbs/data_models/01_data.ipynb #92e41d07
+def _exists(*paths) -> dict: return {Path(p): Path(p).exists() for p in paths}
+
+def _remove_new(before:dict):
+    "Undo what a failed search or download made: of `before`'s paths that did not exist, remove files, then folders left empty"
+    for p, existed in sorted(before.items(), key=lambda kv: -len(kv[0].parts)): # deepest first
+        if existed or not p.exists(): continue
+        try: p.rmdir() if p.is_dir() else p.unlink()
+        except OSError: pass # a folder that is not empty stays
+
 def cifar_path(name:str='cifar10', # 'cifar10' or 'cifar100'
                path=None, # explicit folder or archive; skips the search
                download:bool=True, # fall back to fastai's `untar_data` (needs internet)
@@ -58,20 +67,33 @@ def cifar_path(name:str='cifar10', # 'cifar10' or 'cifar100'
         return path
     searched = []
     env = os.environ.get('OPENMIXUP_NB_DATA')
-    folders = [Path(o).expanduser() for o in env.split(os.pathsep) if o] if env else []
     if not env: searched.append("$OPENMIXUP_NB_DATA (not set)")
-    try: folders += [fastai_path('data'), fastai_path('archive')]
-    except Exception as e: searched.append(f"fastai data folder (unavailable: {e})")
-    for f in folders:
-        for c in _candidates(f, name):
-            if c.exists(): return c
-        searched.append(f"{f}/{{{name}, {_OFFICIAL[name][0]}, {name}*.tgz|tar.gz, {_OFFICIAL[name][1]}.tar.gz}}")
+    def _find(folders):
+        for f in folders:
+            for c in _candidates(f, name):
+                if c.exists(): return c
+            searched.append(f"{f}/{{{name}, {_OFFICIAL[name][0]}, {name}*.tgz|tar.gz, {_OFFICIAL[name][1]}.tar.gz}}")
+    found = _find([Path(o).expanduser() for o in env.split(os.pathsep) if o] if env else [])
+    if found: return found
+    # fastai's folders: reading its config writes ~/.fastai/config.ini, and untar_data makes folders and a lock file
+    # before it downloads; whatever of that a failure leaves behind is removed again
+    home = Path(os.getenv('FASTAI_HOME', '~/.fastai')).expanduser()
+    before = _exists(home, home/'config.ini')
+    try: fa = [fastai_path('data'), fastai_path('archive')]
+    except Exception as e: fa = []; searched.append(f"fastai data folder (unavailable: {e})")
+    found = _find(fa)
+    if found: return found
+    arch = _URLS[name].rsplit('/', 1)[-1]
+    if fa: before |= _exists(*fa, fa[1]/f'{arch}.lock', fa[1]/f'{arch}.part')
     msg = f"{name} not found. Searched:\n  " + "\n  ".join(searched)
+    hint = f"\nSet OPENMIXUP_NB_DATA to a folder holding {name} (any of the names above), or pass its path (`path=`)."
     if not download:
-        raise FileNotFoundError(msg + f"\nSet OPENMIXUP_NB_DATA to a folder holding {name}, or pass `path=`.")
+        _remove_new(before)
+        raise FileNotFoundError(msg + hint)
     try: return Path(untar_data(_URLS[name]))
     except Exception as e:
-        raise FileNotFoundError(msg + f"\nDownloading {_URLS[name]} with untar_data also failed: {e!r}") from e
+        _remove_new(before)
+        raise FileNotFoundError(msg + f"\nDownloading {_URLS[name]} with untar_data failed: {type(e).__name__}: {e}" + hint) from None
 
 # %% ../nbs/data_models/01_data.ipynb #21cb3707
 def cache_dir() -> Path:

@@ -65,6 +65,8 @@ def test_no_machine_paths_or_errors_in_outputs(nb):
     for c in json.loads(nb.read_text())['cells']:
         for o in c.get('outputs', []):
             assert o.get('output_type') != 'error', f"{nb.name} holds an error output"
+            # text only: base64 image data can spell '/tmp/' by chance
+            o = {**o, 'data': {k: v for k, v in o.get('data', {}).items() if not k.startswith('image/')}}
             text = json.dumps(o)
             assert not re.search(r'/(root|tmp|work|home)/', text), f"{nb.name} output holds a machine path"
 

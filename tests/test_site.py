@@ -17,8 +17,6 @@ def _id(p): return str(p.relative_to(NBS))
 # Pages whose kept outputs come from slow cells that have not been re-run since the check was written; each
 # entry says what is wrong and what re-running needs. The xfail is strict: once fixed, the entry must go.
 KNOWN = {
-    'benchmark/01_bench.ipynb': "the 18-minute SAMix/vanilla/Mixup cell prints a text table wider than the column",
-    'get_started/01_cifar10_end_to_end.ipynb': "the slow training cell printed a text table and a JSON dump, not a table",
 }
 
 def _nb(p): return json.loads(p.read_text())
