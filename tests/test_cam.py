@@ -9,14 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test this checko
 from openmixup_nb.cam import CAMs, cam_layer, grad_cam, show_cams
 from openmixup_nb.models import create_model
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 def _gap_linear(C, n):
     "y = W GAP(x) + b, the input itself as the explained feature map"

@@ -10,14 +10,7 @@ from openmixup_nb.landscape import filter_normalized_direction, landscape_1d, la
 from openmixup_nb.evaluate import predict, accuracy_of
 from openmixup_nb.models import create_model
 
-@pytest.fixture(autouse=True)
-def _seed(): torch.manual_seed(0)
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
 
 def _net(): 
     m = create_model('resnet18', num_classes=4, width=0.125)
