@@ -158,9 +158,11 @@ def train_one(method:str='vanilla', # a key of `METHODS`
               device:str|None=None, # 'cpu', 'cuda', ... (default: fastai's default device)
               progress:bool=True, # show fastai progress bars
               verbose:bool=False, # print a line per epoch: test top-1, train loss, CPU and wall time of its training
+              save:str|Path|None=None, # write the trained model's `state_dict` to this file (named in the record as `checkpoint`)
 )->dict:
     "Train `arch` on `dataset` with `method` under the benchmark recipe; return accuracy, time and memory"
     _check_run_args(dict(locals()))
+    if save is not None and not Path(save).parent.is_dir(): raise ValueError(f"cannot save the model to {save}: its folder does not exist")
     cb = method_callback(method, alpha)
     set_seed(seed)
     dls = cifar_dls(dataset, data, bs=bs, n_train=n_train or None, n_valid=n_valid or None, seed=seed,
@@ -184,11 +186,15 @@ def train_one(method:str='vanilla', # a key of `METHODS`
                epochs=epochs, n_train=len(dls.train.dataset), n_valid=len(dls.valid.dataset),
                top1=100*_median_last(accs, last), top1_last_epochs=last, top1_best=100*max(accs),
                top1_per_epoch=[round(100*a, 2) for a in accs],
-               train_loss=_column(rec, 'train_loss')[-1], wall_s=wall, train_s=timer.train_time,
+               train_loss=_column(rec, 'train_loss')[-1], train_loss_per_epoch=[round(float(l), 5) for l in _column(rec, 'train_loss')],
+               wall_s=wall, train_s=timer.train_time,
                train_cpu_s=timer.cpu_time, train_img_s=timer.n_seen / max(timer.train_time, 1e-9),
                train_s_per_epoch=[round(t, 4) for t in timer.epoch_times],
                train_cpu_s_per_epoch=[round(t, 4) for t in timer.epoch_cpu],
                peak_mem_mib=mem, mem_kind=mem_kind, device=str(dls.device), threads=torch.get_num_threads())
+    if save is not None:
+        torch.save({k: v.detach().cpu() for k, v in learn.model.state_dict().items()}, save)
+        res['checkpoint'] = str(save)
     if ema is not None:
         res.update(ema_top1=100*_median_last(ema, last), ema_top1_best=100*max(ema),
                    ema_top1_per_epoch=[round(100*a, 2) for a in ema])
@@ -257,16 +263,18 @@ def run_benchmark(methods=('vanilla', 'mixup', 'cutmix'), # keys of `METHODS`
                   overwrite:bool=False, # start `out` afresh; False: keep the runs it holds and append these
                   isolate:bool=True, # one fresh process per run
                   verbose:bool=True, # a line naming each run and a line per epoch (test top-1, train loss, time)
+                  save_models:bool=True, # with `out`: save each run's model in `<out stem>_models/` beside it, named in its record
                   **kwargs, # passed to `train_one`
 )->list[dict]:
     "Train every method with every seed; return this call's records, saved to `out` (after its earlier ones) after each run"
     methods, seeds, alphas = _check_plan(methods, seeds, alphas)
     params = inspect.signature(train_one).parameters
-    bad = sorted(set(kwargs) - (set(params) - {'method', 'seed', 'alpha', 'verbose'}))
+    bad = sorted(set(kwargs) - (set(params) - {'method', 'seed', 'alpha', 'verbose', 'save'}))
     if bad: raise TypeError(f"run_benchmark got unexpected keyword argument(s) {', '.join(bad)}")
     kw = {k: p.default for k, p in params.items()} | kwargs
     _check_run_args(kw)
     earlier = [] if out is None else _earlier_runs(out, overwrite)
+    stale = _checkpoints(out) if out is not None and overwrite else [] # the models of the runs `overwrite` drops
     if verbose and earlier: print(f"{out}: keeping its {len(earlier)} earlier run(s); this call's runs are appended")
     # decode the data into the cache before any run, so no measured run pays for it (in time or memory)
     for seed in seeds:
@@ -277,9 +285,33 @@ def run_benchmark(methods=('vanilla', 'mixup', 'cutmix'), # keys of `METHODS`
         for m in methods:
             if verbose: print(f"[{len(runs) + 1}/{total}] {m}, seed {seed}", flush=True)
             kw = dict(kwargs, method=m, seed=seed, alpha=alphas.get(m), verbose=verbose)
-            runs.append(_isolated(kw) if isolate else train_one(**kw))
-            if out is not None: save_results(earlier + runs, out)
+            if out is not None and save_models: kw['save'] = _model_file(out, m, seed)
+            r = _isolated(kw) if isolate else train_one(**kw)
+            if 'checkpoint' in r: r['checkpoint'] = Path(os.path.relpath(r['checkpoint'], Path(out).parent)).as_posix() # portable with the file
+            runs.append(r)
+            if out is not None:
+                save_results(earlier + runs, out)
+                for f in stale: f.unlink(missing_ok=True) # once the new file replaced the old one
+                stale = []
     return runs
+
+def _checkpoints(out)->list[Path]:
+    "The model files the runs of results file `out` name inside its `<stem>_models/` folder (none if it cannot be read)"
+    out = Path(out)
+    try: runs = json.loads(out.read_text())['runs']
+    except (OSError, ValueError, KeyError, TypeError): return []
+    if not isinstance(runs, list): return []
+    folder = (out.parent / f'{out.stem}_models').resolve()
+    files = [(out.parent / r['checkpoint']).resolve() for r in runs if isinstance(r, dict) and isinstance(r.get('checkpoint'), str)]
+    return [f for f in files if f.parent == folder]
+
+def _model_file(out, method:str, seed:int)->Path:
+    "A new file for a run's model: `<out stem>_models/<method>-s<seed>-<k>.pt` beside `out`, k the first number not taken"
+    out = Path(out); folder = out.parent / f'{out.stem}_models'
+    folder.mkdir(exist_ok=True)
+    k = 0
+    while (f := folder / f'{method}-s{seed}-{k}.pt').exists(): k += 1
+    return f
 
 def save_results(runs:list[dict], out:str|Path):
     "Write the runs and the machine they ran on to a JSON file, replacing it in one step"
@@ -373,13 +405,14 @@ def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanill
                overwrite:bool=False, # start the results file afresh instead of appending to it
                isolate:bool=True, # runs in fresh processes; --no-isolate: all runs in this process
                progress:bool=True, # show progress bars; --no-progress: none
+               save_models:bool=True, # save each run's model beside the results file (<out stem>_models/); --no-save-models: none
 ):
     "Train a backbone on CIFAR with each mixup method; print and save top-1, time, throughput and memory"
     try:
         ms = [m.strip() for m in methods.split(',') if m.strip()]
         _int_arg('--seeds', seeds, 1)
         runs = run_benchmark(ms, seeds=range(seeds), alphas=_parse_alphas(alphas), out=out, overwrite=overwrite,
-                             isolate=isolate, dataset=dataset, data=data, arch=arch, width=width, epochs=epochs, bs=bs,
+                             isolate=isolate, save_models=save_models, dataset=dataset, data=data, arch=arch, width=width, epochs=epochs, bs=bs,
                              lr=lr, wd=wd, n_train=n_train, n_valid=n_valid, last=last, device=device, progress=progress)
     except FileNotFoundError as e:
         msg, arg = str(e), "pass its path (`path=`)"

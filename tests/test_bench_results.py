@@ -23,10 +23,12 @@ def calls(monkeypatch):
     "Replace training by a stand-in that records its calls; the data is never decoded"
     log = []
     @functools.wraps(bench.train_one) # keeps the signature, which run_benchmark reads
-    def fake(method='vanilla', seed=0, epochs=5, verbose=False, **kw):
+    def fake(method='vanilla', seed=0, epochs=5, verbose=False, save=None, **kw):
         log.append((method, seed))
         if verbose: print(f"  epoch {epochs}/{epochs}: top-1 40.00%")
-        return _record(method, seed, epochs)
+        r = _record(method, seed, epochs)
+        if save is not None: Path(save).write_text(f'{method} {seed}'); r['checkpoint'] = str(save) # as train_one does
+        return r
     monkeypatch.setattr(bench, 'train_one', fake)
     monkeypatch.setattr(bench, 'cifar_tensors', lambda *a, **k: None)
     return log
@@ -44,7 +46,46 @@ def test_appends_by_default_and_overwrite_starts_afresh(tmp_path, calls, capsys)
     assert 'keeping its 2 earlier run(s)' in capsys.readouterr().out
     run_benchmark(('mixup',), out=out, overwrite=True, isolate=False)
     assert _runs(out) == [('mixup', 0)]
-    assert sorted(os.listdir(tmp_path)) == ['res.json']                  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == ['res.json', 'res_models']    # no temporary file left
+
+# ---------------------------------------------------------------- the saved models
+def _ckpts(out): return [r.get('checkpoint') for r in json.loads(Path(out).read_text())['runs']]
+
+def test_models_saved_beside_the_file_and_named_relative_to_it(tmp_path, calls, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_benchmark(('vanilla', 'mixup'), out='res.json', isolate=False)  # a bare file name: the folder is '.'
+    assert _ckpts('res.json') == ['res_models/vanilla-s0-0.pt', 'res_models/mixup-s0-0.pt']
+    assert (tmp_path/'res_models'/'mixup-s0-0.pt').read_text() == 'mixup 0'
+    sub = tmp_path/'sub'; sub.mkdir()
+    run_benchmark(('cutmix',), seeds=(2,), out=sub/'b.json', isolate=False)
+    assert _ckpts(sub/'b.json') == ['b_models/cutmix-s2-0.pt'] and (sub/'b_models'/'cutmix-s2-0.pt').exists()
+
+def test_appended_runs_never_replace_a_named_model(tmp_path, calls):
+    out = tmp_path/'res.json'
+    run_benchmark(('mixup',), out=out, isolate=False)
+    run_benchmark(('mixup',), out=out, isolate=False)                   # the same method and seed again
+    assert _ckpts(out) == ['res_models/mixup-s0-0.pt', 'res_models/mixup-s0-1.pt']
+    assert sorted(os.listdir(tmp_path/'res_models')) == ['mixup-s0-0.pt', 'mixup-s0-1.pt']
+
+def test_overwrite_deletes_the_dropped_runs_models_only_after_the_new_file(tmp_path, calls, monkeypatch):
+    out = tmp_path/'res.json'
+    run_benchmark(('vanilla', 'mixup'), out=out, isolate=False)
+    (tmp_path/'res_models'/'mine.pt').write_text('a file of the user') # not named by the results file: kept
+    real, seen = bench.save_results, []
+    def spy(runs, o):
+        seen.append(sorted(os.listdir(tmp_path/'res_models'))); real(runs, o)
+    monkeypatch.setattr(bench, 'save_results', spy)
+    run_benchmark(('cutmix',), out=out, overwrite=True, isolate=False)
+    assert seen == [['cutmix-s0-0.pt', 'mine.pt', 'mixup-s0-0.pt', 'vanilla-s0-0.pt']] # old models still there while the old file is
+    assert sorted(os.listdir(tmp_path/'res_models')) == ['cutmix-s0-0.pt', 'mine.pt']
+    assert _ckpts(out) == ['res_models/cutmix-s0-0.pt']
+
+def test_save_models_off_and_no_file_save_nothing(tmp_path, calls):
+    run_benchmark(('vanilla',), out=tmp_path/'res.json', save_models=False, isolate=False)
+    assert _ckpts(tmp_path/'res.json') == [None] and sorted(os.listdir(tmp_path)) == ['res.json']
+    run_benchmark(('vanilla',), isolate=False)                          # no out: nothing anywhere
+    assert sorted(os.listdir(tmp_path)) == ['res.json']
+    with pytest.raises(TypeError, match='save'): run_benchmark(('vanilla',), save='m.pt', isolate=False)
 
 def test_saved_after_every_run(tmp_path, calls, monkeypatch):
     out, real = tmp_path/'res.json', bench.train_one
