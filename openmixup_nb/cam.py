@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 import matplotlib.pyplot as plt
 from torchcam.methods import GradCAM
-from .evaluate import as_model, evaluating, model_device
+from .evaluate import as_model, evaluating, model_device, check_trained
 from .models import CIFARNet, stage_modules
 
 # %% auto #0
@@ -74,6 +74,7 @@ def grad_cam(model, # a fastai Learner or an nn.Module mapping images to logits 
 )->CAMs:
     "Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) of the top-k classes, through torchcam"
     m, x = as_model(model), _images(x)
+    check_trained(m)
     layer = _layer(m, target_layer)
     x = x.to(model_device(m)).detach().requires_grad_(True) # a graph up to the layer even for a frozen model
     with evaluating(m), torch.enable_grad(), GradCAM(m, target_layer=layer) as ext:

@@ -7,11 +7,13 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/analysis/evaluate.html.md"""
 # %% ../nbs/analysis/01_evaluate.ipynb #54693cd0
 from __future__ import annotations
 from contextlib import contextmanager
+from contextvars import ContextVar
 import torch
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['as_model', 'as_loader', 'model_device', 'split_batch', 'evaluating', 'predict', 'accuracy_of']
+__all__ = ['as_model', 'as_loader', 'model_device', 'split_batch', 'evaluating', 'allow_untrained', 'is_untrained',
+           'check_trained', 'predict', 'accuracy_of']
 
 # %% ../nbs/analysis/01_evaluate.ipynb #20a5ca5e
 def as_model(model)->nn.Module:
@@ -62,6 +64,33 @@ def evaluating(model:nn.Module):
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/analysis/01_evaluate.ipynb #b81d4e93
+_UNTRAINED_OK = ContextVar('untrained_ok', default=False)
+
+@contextmanager
+def allow_untrained():
+    "Let the analysis tools run on models that were never trained, inside the block"
+    tok = _UNTRAINED_OK.set(True)
+    try: yield
+    finally: _UNTRAINED_OK.reset(tok)
+
+def is_untrained(model:nn.Module)->bool|None:
+    "True if every BatchNorm layer of `model` still holds its initial statistics (no batch seen); None without BatchNorm"
+    bns = [b for b in as_model(model).modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.track_running_stats
+           and b.running_mean is not None]
+    if not bns: return None
+    with torch.no_grad():
+        return all(int(b.num_batches_tracked) == 0 and not b.running_mean.any() and bool((b.running_var == 1).all()) for b in bns)
+
+def check_trained(model, # a fastai Learner or an nn.Module
+                  what:str='the model', # how the error names it
+):
+    "An error naming `what` if it was never trained (see `is_untrained`), unless inside `allow_untrained()`"
+    if not _UNTRAINED_OK.get() and is_untrained(model):
+        raise ValueError(f"{what} has never been trained: its BatchNorm layers still hold their initial statistics "
+                         "(no training batch seen). Train it or load trained weights first; to analyse it as it is, "
+                         "wrap the call in `with allow_untrained():` (from openmixup_nb.evaluate)")
+
 # %% ../nbs/analysis/01_evaluate.ipynb #ed52366a
 def predict(model, # a fastai Learner or an nn.Module
             dl=None, # iterable of (x, y) batches; default: the Learner's validation loader
@@ -70,6 +99,7 @@ def predict(model, # a fastai Learner or an nn.Module
 )->tuple[Tensor, Tensor]:
     "Logits (N, C) float32 and labels (N,) long on the CPU, from the model in eval mode without gradients"
     m, dl = as_model(model), as_loader(model, dl)
+    check_trained(m)
     dev = model_device(m) if device is None else torch.device(device)
     if dev != model_device(m): raise ValueError(f"the model is on {model_device(m)}, not on {dev}: move it with model.to({str(dev)!r})")
     logits, labels = [], []

@@ -15,7 +15,7 @@ from torch import nn, Tensor
 from torch.func import functional_call, vmap
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
-from .evaluate import as_model, as_loader, split_batch, evaluating, model_device
+from .evaluate import as_model, as_loader, split_batch, evaluating, model_device, check_trained
 
 # %% auto #0
 __all__ = ['filter_normalized_direction', 'landscape_1d', 'landscape_2d', 'plot_landscape_1d', 'plot_landscape_2d']
@@ -105,6 +105,7 @@ def _eval_vmap(m, params, point, coords, batches, P)->list:
 def _scan(model, dl, dirs, coords, max_batches=None, device=None, cache=True, points_per_forward=1)->list:
     "Validation (loss, top-1 %) at theta + sum_i c_i d_i for every c in `coords`, the model's state restored after"
     m, dl = as_model(model), as_loader(model, dl)
+    check_trained(m)
     dev = model_device(m) if device is None else torch.device(device)
     if dev != model_device(m): raise ValueError(f"the model is on {model_device(m)}, not on {dev}: move it with model.to({str(dev)!r})")
     if isinstance(points_per_forward, bool) or not isinstance(points_per_forward, int) or points_per_forward < 1:

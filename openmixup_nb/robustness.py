@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from fastprogress.fastprogress import progress_bar
 from .data import CIFAR_STATS, cache_dir
-from .evaluate import predict, as_model, as_loader, split_batch, evaluating, accuracy_of, model_device
+from .evaluate import predict, as_model, as_loader, split_batch, evaluating, accuracy_of, model_device, check_trained
 
 # %% auto #0
 __all__ = ['CORRUPTIONS', 'MAIN_CORRUPTIONS', 'CIFAR_C_PARAMS', 'GENERATED', 'corrupt', 'plot_corruptions', 'cifar_c_path',
@@ -465,6 +465,7 @@ def fgsm_accuracy(model, # a fastai Learner or an nn.Module taking normalised im
 )->pd.DataFrame:
     "Top-1 in % under FGSM (Goodfellow et al. 2015) at each `eps`: one input gradient per batch, the model in eval mode"
     eps, m, dl = _eps(eps), as_model(model), as_loader(model, dl)
+    check_trained(m)
     dev = model_device(m) if device is None else torch.device(device)
     if dev != model_device(m): raise ValueError(f"the model is on {model_device(m)}, not on {dev}: move it with model.to({str(dev)!r})")
     correct, total = torch.zeros(len(eps), dtype=torch.long), 0

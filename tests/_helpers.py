@@ -30,3 +30,9 @@ class Probe(Callback):
         mcb = next(c for c in self.learn.cbs if isinstance(c, MixCallback))
         self.log.append((mcb.res is not None, isinstance(self.learn.loss_func, MixedLoss),
                          abs(self.learn.loss.item() - mcb.res.loss(self.learn.pred.detach(), mcb.old_lf).item())))
+
+def warmed(net, shape=(2, 3, 32, 32)):
+    "`net` after one training-mode forward on noise: BatchNorm statistics moved, so the analysis tools take it as trained"
+    mode = net.training
+    with torch.no_grad(): net.train()(torch.randn(shape))
+    return net.train(mode)

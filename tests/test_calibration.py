@@ -129,6 +129,7 @@ BAD = [ # (call, error type, words the message must hold)
     (lambda: reliability_diagram(P, _y), ValueError, 'probabilities'),
     (lambda: ece_of(nn.Linear(3, 3), [(_z, _y)], n_bins=0), ValueError, 'n_bins'),
     (lambda: ece_of(nn.Linear(3, 3)), ValueError, 'dl is needed'),
+    (lambda: ece_of(nn.Sequential(nn.BatchNorm1d(3)), [(_z, _y)]), ValueError, 'has never been trained'),
     (lambda: ece_of(nn.Linear(3, 3), [(_z, None)]), ValueError, 'no labels'),
     (lambda: ece_of(nn.Linear(3, 3), []), ValueError, 'no batches'),
     (lambda: ece_of('resnet', [(_z, _y)]), TypeError, 'nn.Module'),

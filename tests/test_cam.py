@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test this checko
 from openmixup_nb.cam import CAMs, cam_layer, grad_cam, show_cams
 from openmixup_nb.models import create_model
 
-from _helpers import _seed, _one_thread # autouse fixtures: seed 0 per test, one thread per module
+from _helpers import _seed, _one_thread, warmed # autouse fixtures: seed 0 per test, one thread per module
 
 def _gap_linear(C, n):
     "y = W GAP(x) + b, the input itself as the explained feature map"
@@ -68,7 +68,7 @@ def test_given_classes_are_explained():
 def _hooks(m): return sum(len(l._forward_hooks) + len(l._backward_hooks) + len(getattr(l, '_forward_pre_hooks', {})) for l in m.modules())
 
 def test_model_left_as_it_was():
-    net = create_model('resnet18', num_classes=10, width=0.125).train()
+    net = warmed(create_model('resnet18', num_classes=10, width=0.125)).train()
     net.stages[1].eval() # a mix of training flags must come back as it was
     flags = [l.training for l in net.modules()]
     state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -102,7 +102,7 @@ def test_learner_and_frozen_model():
     from fastai.learner import Learner
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader as FDL
-    net = create_model('resnet18', num_classes=10, width=0.125)
+    net = warmed(create_model('resnet18', num_classes=10, width=0.125))
     x = torch.randn(4, 3, 32, 32)
     ds = list(zip(x, torch.zeros(4, dtype=torch.long)))
     learn = Learner(DataLoaders(FDL(ds, bs=2), FDL(ds, bs=2)), net, loss_func=nn.CrossEntropyLoss())
@@ -113,9 +113,10 @@ def test_learner_and_frozen_model():
     assert not any(p.requires_grad for p in net.parameters())
 
 def test_bad_inputs():
-    net = create_model('resnet18', num_classes=10, width=0.125)
+    net = warmed(create_model('resnet18', num_classes=10, width=0.125))
     x = torch.randn(3, 3, 32, 32)
-    cases = [((net, x[0]), {}, ValueError, 'batch dimension'),
+    cases = [((create_model('resnet18', num_classes=10, width=0.125), x), {}, ValueError, 'has never been trained'),
+             ((net, x[0]), {}, ValueError, 'batch dimension'),
              ((net, torch.randn(3, 12)), {}, ValueError, r'\(N, C, H, W\)'),
              ((net, torch.randn(3, 3, 32, 32, 2)), {}, ValueError, r'\(N, C, H, W\)'),
              ((net, [[0.5]]), {}, TypeError, 'image batch tensor'),
@@ -142,7 +143,7 @@ def test_bad_inputs():
 def test_show_cams_grid():
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    a, b = create_model('resnet18', width=0.125), create_model('preact_resnet18', width=0.125)
+    a, b = warmed(create_model('resnet18', width=0.125)), warmed(create_model('preact_resnet18', width=0.125))
     x = torch.randn(2, 3, 32, 32)
     vocab = [f'c{i}' for i in range(10)]
     fig = show_cams({'a': a, 'b': b}, x, vocab=vocab, labels=torch.tensor([1, 2]), topk=2)

@@ -127,6 +127,7 @@ def test_bad_inputs():
         with pytest.raises((ValueError, TypeError), match=msg): landscape_1d(m, **kw)
         assert _same(m, s), kw
     with pytest.raises(ValueError, match='dl is needed'): landscape_1d(m)
+    with pytest.raises(ValueError, match='has never been trained'): landscape_1d(create_model('resnet18', num_classes=4, width=0.125), dl)
     with pytest.raises(ValueError, match='pair'): landscape_2d(m, dl, directions=(d,))
     with pytest.raises(ValueError, match='n_points'): landscape_2d(m, dl, n_points=1)
     with pytest.raises(TypeError, match='nn.Module'): landscape_1d('resnet', dl)

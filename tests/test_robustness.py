@@ -170,6 +170,10 @@ def test_release_path_equals_generated(tmp_path):
     both = corruption_accuracy(net, (x, y), release=tmp_path/'CIFAR-10-C', progress=False)
     assert both.clean == gen.clean
 
+def _fresh_bn(size=32):
+    "A BatchNorm model never trained: its statistics at their initial values"
+    return nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * size * size, 10))
+
 def test_corruption_accuracy_errors():
     net, x, y = small_net(), images(8), np.arange(8) % 10
     xf = torch.randn(8, 3, 32, 32)
@@ -182,7 +186,8 @@ def test_corruption_accuracy_errors():
              (lambda: corruption_accuracy(net, progress=False), 'data is needed'),
              (lambda: corruption_accuracy(net, (x, y), severities=(0,), progress=False), '1..5'),
              (lambda: corruption_accuracy(net, (x, y), std=(1, 0, 1), progress=False), 'std'),
-             (lambda: corruption_accuracy('net', (x, y), progress=False), 'nn.Module')]
+             (lambda: corruption_accuracy('net', (x, y), progress=False), 'nn.Module'),
+             (lambda: corruption_accuracy(_fresh_bn(), (x, y), progress=False), 'has never been trained')]
     for f, msg in cases:
         with pytest.raises((ValueError, TypeError), match=msg): f()
 
@@ -248,6 +253,7 @@ def test_fgsm_errors(trained):
     with pytest.raises(ValueError, match='mean and std'): fgsm_accuracy(model, [(x * 4, y)])
     with pytest.raises(ValueError, match='float image'): fgsm_accuracy(model, [(x.flatten(1), y)])
     with pytest.raises(ValueError, match='dl is needed'): fgsm_accuracy(model)
+    with pytest.raises(ValueError, match='has never been trained'): fgsm_accuracy(_fresh_bn(8), dl)
     with pytest.raises(ValueError, match='no batches'): fgsm_accuracy(model, [])
     assert fgsm_accuracy(model, dl, eps=torch.tensor([0., 2 / 255])).shape == (2, 3)
 
