@@ -6,18 +6,23 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/analysis/analyze.html.md"""
 
 # %% ../nbs/analysis/07_analyze.ipynb #147ebaaf
 from __future__ import annotations
-import json, sys
+import json, numbers, sys, time
+import pandas as pd
 from pathlib import Path
 import torch
 from torch import nn
 from fastcore.script import call_parse
 from .models import create_model
-from .evaluate import predict, accuracy_of
+from .evaluate import predict, accuracy_of, check_trained
 from .calibration import ece
+from .data import CIFAR_STATS
 from .tradeoffs import load_results, plot_curves, plot_tradeoff, plot_radar
+from .robustness import corruption_accuracy, fgsm_accuracy, CORRUPTIONS, _eps, _severity, _name as _corruption_name
+from .cam import show_cams
+from .landscape import landscape_1d, plot_landscape_1d, _grid
 
 # %% auto #0
-__all__ = ['RUN_ANALYSES', 'FILE_ANALYSES', 'ANALYSES', 'run_model', 'run_loader', 'analyze', 'omnb_analyze']
+__all__ = ['RUN_ANALYSES', 'FILE_ANALYSES', 'ANALYSES', 'run_model', 'run_loader', 'analyze', 'analysis_table', 'omnb_analyze']
 
 # %% ../nbs/analysis/07_analyze.ipynb #45f7c710
 _CLASSES = {'cifar10': 10, 'cifar100': 100}
@@ -34,11 +39,12 @@ def run_model(rec:dict, # one run record of a results file
     ckpt = rec.get('checkpoint')
     what = f"run {rec.get('method')!r} (seed {rec.get('seed')})"
     if not ckpt: raise ValueError(f"{what} has no checkpoint in the results file: re-run it with omnb_bench, which saves one per run")
+    if rec.get('dataset') not in _CLASSES: raise ValueError(f"{what}: unknown dataset {rec.get('dataset')!r}")
     path = Path(ckpt) if Path(ckpt).is_absolute() else Path(base) / ckpt
     if not path.exists(): raise FileNotFoundError(f"{what}: its checkpoint {path} is missing")
-    if rec.get('dataset') not in _CLASSES: raise ValueError(f"{what}: unknown dataset {rec.get('dataset')!r}")
     model = create_model(rec['arch'], num_classes=_CLASSES[rec['dataset']], width=rec.get('width', 1.))
     model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    check_trained(model, f"the model of {what} ({path.name})")
     return model.to(device).eval()
 
 def run_loader(rec:dict, # one run record
@@ -54,7 +60,7 @@ def run_loader(rec:dict, # one run record
     return dls.valid
 
 # %% ../nbs/analysis/07_analyze.ipynb #db7f56ed
-RUN_ANALYSES = ('ece',) # need each run's model
+RUN_ANALYSES = ('ece', 'corruption', 'fgsm', 'landscape', 'cam') # need each run's model
 FILE_ANALYSES = ('curves', 'tradeoff', 'radar') # need only the results file
 ANALYSES = RUN_ANALYSES + FILE_ANALYSES
 
@@ -64,54 +70,179 @@ def _check_analyses(analyses):
     if bad or not analyses: raise ValueError(f"analyses must be some of {', '.join(ANALYSES)}; got {bad or 'none'}")
     return list(dict.fromkeys(analyses))
 
+def _check_options(o:dict)->dict:
+    "The options of the per-run analyses, checked before any model is loaded"
+    if o['corruptions'] is not None:
+        c = o['corruptions']
+        cs = tuple(v.strip() for v in c.split(',') if v.strip()) if isinstance(c, str) else tuple(c) # a name, 'a,b' or a sequence
+        if not cs: raise ValueError("corruptions is empty")
+        for c in cs:
+            if o['release'] is None: _corruption_name(c) # can it be generated here?
+            elif c not in CORRUPTIONS: raise ValueError(f"unknown corruption {c!r}: choose from {', '.join(CORRUPTIONS)}")
+        o['corruptions'] = cs
+    sev = (o['severities'],) if isinstance(o['severities'], numbers.Integral) else tuple(o['severities'])
+    if not sev: raise ValueError("severities is empty")
+    o['severities'] = tuple(_severity(s) for s in sev)
+    o['eps'] = _eps(o['eps'])
+    _grid(o['n_points'], (-1, 1))
+    if isinstance(o['cam_images'], bool) or not isinstance(o['cam_images'], numbers.Integral) or o['cam_images'] < 1:
+        raise ValueError(f"cam_images must be an integer >= 1, got {o['cam_images']!r}")
+    return o
+
+def _label(rec:dict, runs:list)->str:
+    "A run's name in figures: its method, with its seed (and dataset) where the file has several"
+    lab = rec['method']
+    if sum(r['method'] == rec['method'] and r.get('dataset') == rec.get('dataset') for r in runs) > 1: lab += f" s{rec.get('seed')}"
+    if len({r.get('dataset') for r in runs}) > 1: lab += f" ({rec.get('dataset')})"
+    return lab
+
+def _per_run(rec, model, dl, analyses, o)->dict:
+    "The per-run analyses of one model on its test loader, as JSON-ready values, with the seconds each took"
+    row, secs, t = {}, {}, time.perf_counter()
+    def took(a):
+        nonlocal t
+        secs[a] = round(time.perf_counter() - t, 3); t = time.perf_counter()
+    logits, labels = predict(model, dl)
+    row.update(n_test=len(labels), test_top1=accuracy_of(logits, labels))
+    if 'ece' in analyses: row['ece'] = ece(logits, labels)
+    took('ece' if 'ece' in analyses else 'top1')
+    if 'corruption' in analyses:
+        n = len(labels) if o['release'] is not None else None
+        r = corruption_accuracy(model, None if o['release'] is not None else dl, corruptions=o['corruptions'], severities=o['severities'],
+                                release=o['release'], n=n, progress=False)
+        tab = r.table.drop(columns='mean')
+        row.update(corruption_mca=r.mca, corruption={c: {str(s): float(v) for s, v in tab.loc[c].items()} for c in tab.index})
+        took('corruption')
+    if 'fgsm' in analyses:
+        f = fgsm_accuracy(model, dl, eps=o['eps'])
+        row['fgsm'] = {f"{e:g}": float(a) for e, a in zip(f.eps_255.round(4), f.top1)}
+        took('fgsm')
+    if 'landscape' in analyses:
+        row['landscape_1d'] = landscape_1d(model, dl, n_points=o['n_points']).to_dict('list')
+        took('landscape')
+    return row | dict(seconds=secs)
+
+def _cam_figure(cams:dict, n:int):
+    "`show_cams` over `n` test images of the first run spread evenly over its test set, for the first run of each method"
+    (m0, dl0), *_ = cams.values()
+    N = len(dl0.dataset); want = sorted({round(i * (N - 1) / max(n - 1, 1)) for i in range(min(n, N))}) # the set may be sorted by class
+    xs, ys, seen = [], [], 0
+    for x, y in dl0:
+        keep = [i - seen for i in want if seen <= i < seen + len(x)]
+        xs.append(x.as_subclass(torch.Tensor)[keep]); ys.append(y.as_subclass(torch.Tensor)[keep]); seen += len(x)
+        if seen > want[-1]: break
+    x, y = torch.cat(xs), torch.cat(ys)
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in CIFAR_STATS)
+    return show_cams({k: m for k, (m, _) in cams.items()}, x, imgs=(x * std + mean).clamp(0, 1),
+                     vocab=getattr(dl0.dataset, 'vocab', None), labels=y)
+
 def analyze(results, # a results file (omnb_results.json), its folder, or run records
             analyses=ANALYSES, # names from `ANALYSES`, or a comma-separated string
             out:str|Path='omnb_analysis', # folder for analysis.json and the figures
             data=None, # dataset folder or archive for the runs' test sets
             n_valid:int|None=None, # test images per run (default: each run's own subset)
+            corruptions=None, # names from `CORRUPTIONS`, or a comma-separated string (default: all `corrupt` makes, or all of `release`)
+            severities=(1, 2, 3, 4, 5), # corruption severities
+            release=None, # folder of the official CIFAR-10-C / CIFAR-100-C release, read instead of generating
+            eps=(0., 1/255, 2/255, 4/255, 8/255), # FGSM attack sizes in pixel units (8/255: the paper's)
+            n_points:int=51, # points of each 1D loss landscape over alpha in [-1, 1]
+            cam_images:int=4, # test images in the Grad-CAM grid
+            device=None, # where the models run (default: the GPU if there is one)
             progress:bool=True, # a progress bar over the runs
 )->dict:
     "Run `analyses` on a benchmark's runs; write `analysis.json` and the figures into `out`; return what it wrote"
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     from fastprogress.fastprogress import progress_bar
     analyses = _check_analyses(analyses)
+    o = _check_options(dict(corruptions=corruptions, severities=severities, release=release, eps=eps, n_points=n_points, cam_images=cam_images))
+    dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
     df, base = load_results(results), _base(results)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    records, figures = [], {}
+    records, figures, fig_secs, scans, cams = [], {}, {}, {}, {}
     runs = df.to_dict('records')
     if any(a in RUN_ANALYSES for a in analyses):
         for rec in (progress_bar(runs) if progress else runs):
             row = {k: rec.get(k) for k in ('method', 'dataset', 'arch', 'width', 'seed', 'top1', 'checkpoint')}
-            model = run_model(rec, base)
-            logits, labels = predict(model, run_loader(rec, data, n_valid))
-            row.update(n_test=len(labels), test_top1=accuracy_of(logits, labels))
-            if 'ece' in analyses: row['ece'] = ece(logits, labels)
+            model, dl = run_model(rec, base, dev), run_loader(rec, data, n_valid)
+            row.update(_per_run(rec, model, dl, analyses, o))
+            if 'landscape' in analyses: scans[_label(rec, runs)] = pd.DataFrame(row['landscape_1d'])
+            if 'cam' in analyses and rec['method'] not in cams and rec.get('dataset') == runs[0].get('dataset'): cams[rec['method']] = (model, dl)
             records.append(row)
     else: records = [{k: r.get(k) for k in ('method', 'dataset', 'arch', 'seed', 'top1')} for r in runs]
-    plots = {'curves': plot_curves, 'tradeoff': plot_tradeoff, 'radar': plot_radar}
+    plots = {'curves': plot_curves, 'tradeoff': plot_tradeoff, 'radar': plot_radar,
+             'landscape': lambda df: plot_landscape_1d(scans), 'cam': lambda df: _cam_figure(cams, o['cam_images'])}
     for a in analyses:
         if a not in plots: continue
         if a == 'radar' and df.dataset.nunique() < 3: continue # the radar needs three datasets: skipped, said below
+        t0 = time.perf_counter()
         fig = plots[a](df)
         fig.savefig(out / f'{a}.png', dpi=100, bbox_inches='tight'); plt.close(fig)
-        figures[a] = f'{a}.png'
+        figures[a], fig_secs[a] = f'{a}.png', round(time.perf_counter() - t0, 3)
     skipped = ['radar'] if 'radar' in analyses and 'radar' not in figures else []
-    res = dict(analyses=analyses, runs=records, figures=figures, skipped=skipped)
+    res = dict(analyses=analyses, runs=records, figures=figures, skipped=skipped, figure_seconds=fig_secs)
     (out / 'analysis.json').write_text(json.dumps(res, indent=1, default=str))
     return res
 
+def analysis_table(res, # what `analyze` returned, or the path of its analysis.json (or of its folder)
+                   by_method:bool=True, # the mean over each method's runs (seeds); False: one row per run
+)->pd.DataFrame:
+    "The per-run analyses as a table: test top-1, ECE, mean corruption accuracy and FGSM top-1 at each eps (all in %)"
+    if not isinstance(res, dict):
+        p = Path(res); p = p / 'analysis.json' if p.is_dir() else p
+        if not p.exists(): raise FileNotFoundError(f"no analysis file at {p}")
+        res = json.loads(p.read_text())
+    rows = []
+    for r in res.get('runs', []):
+        row = {k: r.get(k) for k in ('method', 'dataset', 'seed')}
+        for k, name in (('test_top1', 'top1'), ('ece', 'ece'), ('corruption_mca', 'corruption mCA')):
+            if k in r: row[name] = r[k]
+        for e, a in (r.get('fgsm') or {}).items():
+            if float(e) > 0: row[f'fgsm {e}/255'] = a
+        rows.append(row)
+    t = pd.DataFrame(rows)
+    if t.empty or 'top1' not in t: raise ValueError("the analysis has no per-run results (run it with a per-run analysis such as 'ece')")
+    if not by_method: return t.set_index(['method', 'seed'])
+    keys = ['dataset', 'method'] if t.dataset.nunique() > 1 else ['method']
+    g = t.drop(columns=['seed'] + ([] if len(keys) > 1 else ['dataset'])).groupby(keys, sort=False)
+    return g.mean().assign(runs=g.size())
+
 # %% ../nbs/analysis/07_analyze.ipynb #d313c471
+def _items(s:str, what:str)->list:
+    "The comma-separated items of a flag's value, or an error naming the flag"
+    items = [v.strip() for v in str(s).split(',') if v.strip()]
+    if not items: raise ValueError(f"{what} is empty")
+    return items
+
+def _nums(s:str, f, what:str)->tuple:
+    "The comma-separated numbers of a flag's value (`f`: int or float), or an error naming the flag"
+    try: return tuple(f(v) for v in _items(s, what))
+    except ValueError as e:
+        if 'empty' in str(e): raise
+        raise ValueError(f"{what} takes comma-separated {'integers' if f is int else 'numbers'}, got {s!r}") from None
+
 @call_parse
 def omnb_analyze(results:str, # the results file of a benchmark (omnb_bench --out), e.g. omnb_results.json
-                 analyses:str=','.join(ANALYSES), # comma-separated, of: ece, curves, tradeoff, radar
+                 analyses:str=','.join(ANALYSES), # comma-separated, of: ece, corruption, fgsm, landscape, cam, curves, tradeoff, radar
                  out:str='omnb_analysis', # folder for analysis.json and the figures
                  data:str=None, # dataset folder or archive (default: the library's search)
                  n_valid:int=0, # test images per run (0: each run's own subset)
+                 corruptions:str=None, # comma-separated corruption names (default: all that can be generated, or all of --release)
+                 severities:str='1,2,3,4,5', # comma-separated corruption severities
+                 release:str=None, # folder of the official CIFAR-10-C / CIFAR-100-C .npy release (default: generate)
+                 eps:str='0,1,2,4,8', # FGSM sizes in 1/255 pixel units, comma-separated
+                 n_points:int=51, # points of each 1D loss landscape
+                 cam_images:int=4, # test images in the Grad-CAM grid
+                 device:str=None, # 'cpu' or 'cuda' (default: the GPU if there is one)
                  progress:bool=True, # a progress bar over the runs; --no-progress: none
 ):
     "Run the analysis tools on the saved runs of a benchmark: a results file and figures"
-    try: res = analyze(results, analyses, out, data, n_valid or None, progress)
+    try:
+        res = analyze(results, analyses, out, data, n_valid or None, corruptions=None if corruptions is None else _items(corruptions, '--corruptions'),
+                      severities=_nums(severities, int, '--severities'), release=release,
+                      eps=tuple(e / 255 for e in _nums(eps, float, '--eps')), n_points=n_points, cam_images=cam_images,
+                      device=device, progress=progress)
     except (ValueError, FileNotFoundError) as e: sys.exit(f"omnb_analyze: error: {e}")
-    print(f"{len(res['runs'])} runs analysed ({', '.join(res['analyses'])}); wrote {Path(out) / 'analysis.json'}"
+    n = len(res['runs'])
+    print(f"{n} run{'s' if n != 1 else ''} analysed ({', '.join(res['analyses'])}); wrote {Path(out) / 'analysis.json'}"
           + (f" and {', '.join(res['figures'].values())}" if res['figures'] else '')
           + (f"; skipped {', '.join(res['skipped'])} (needs 3 datasets)" if res['skipped'] else ''))
