@@ -25,13 +25,13 @@ from fastai.optimizer import SGD
 from fastai.torch_core import set_seed
 from .callbacks import (MixCallback, MixupCallback, CutMixCallback, MixSwitchCallback, SmoothMixCallback, GridMixCallback,
                                     ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback,
-                                    AutoMixCallback, SAMixCallback, AdAutoMixCallback)
+                                    AutoMixCallback, SAMixCallback, AdAutoMixCallback, GuidedMixupCallback)
 from .data import cifar_dls, cifar_tensors
 from .models import create_model, CIFAR_MODELS
 
 # %% auto #0
-__all__ = ['CIFAR_ALPHAS', 'METHODS', 'method_callback', 'TrainTimer', 'train_one', 'run_benchmark', 'save_results', 'summarize',
-           'format_table', 'omnb_bench']
+__all__ = ['CIFAR_ALPHAS', 'METHODS', 'NO_ALPHA', 'method_callback', 'TrainTimer', 'train_one', 'run_benchmark', 'save_results',
+           'summarize', 'format_table', 'omnb_bench']
 
 # %% ../nbs/benchmark/01_bench.ipynb #85e6277a
 CIFAR_ALPHAS = {'mixup': 1., 'cutmix': 0.2, 'smoothmix': 0.2, 'gridmix': 0.2, 'resizemix': 1., 'fmix': 0.2,
@@ -53,13 +53,19 @@ METHODS = {
     'automix': lambda alpha: AutoMixCallback(alpha),
     'samix': lambda alpha: SAMixCallback(alpha),
     'adautomix': lambda alpha: AdAutoMixCallback(alpha),
+    'guidedmix': lambda alpha: GuidedMixupCallback('ap'), # the model's input-gradient saliency, greedy pairs
+    'guidedmix_sr': lambda alpha: GuidedMixupCallback('sr'), # spectral-residual saliency, greedy pairs
 }
+NO_ALPHA = {'vanilla': "vanilla training mixes nothing: it takes no alpha",
+            'guidedmix': "guidedmix takes no alpha: its mask comes from the saliency",
+            'guidedmix_sr': "guidedmix_sr takes no alpha: its mask comes from the saliency"}
 
 def method_callback(name:str, # a key of `METHODS`
                     alpha:float|None=None, # None: the benchmark's CIFAR α
 ):
     "The callback that trains with method `name` (None for vanilla training)"
     if name not in METHODS: raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    if alpha is not None and name in NO_ALPHA: raise ValueError(NO_ALPHA[name])
     return METHODS[name](CIFAR_ALPHAS.get(name) if alpha is None else alpha)
 
 # %% ../nbs/benchmark/01_bench.ipynb #0edd2b12
@@ -230,7 +236,7 @@ def _check_plan(methods, seeds, alphas):
     alphas = dict(alphas or {})
     for m, a in alphas.items():
         if m not in methods: raise ValueError(f"an alpha is given for {m!r}, which is not among the methods ({', '.join(methods)})")
-        if m == 'vanilla': raise ValueError("vanilla training mixes nothing: it takes no alpha")
+        if m in NO_ALPHA: raise ValueError(NO_ALPHA[m])
         try: method_callback(m, a)
         except (ValueError, TypeError) as e: raise ValueError(f"alpha of {m}: {e}") from None
     return methods, seeds, alphas
@@ -386,7 +392,7 @@ def _parse_alphas(s:str|None)->dict|None:
     return al
 
 @call_parse
-def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix
+def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix, guidedmix, guidedmix_sr
                dataset:str='cifar10', # 'cifar10' or 'cifar100'
                data:str=None, # dataset folder or archive (default: $OPENMIXUP_NB_DATA, fastai's data dir, download)
                arch:str='resnet18', # backbone: resnet18/34/50, preact_resnet18, wrn28_8, resnext50_32x4d or timm:<name>

@@ -22,6 +22,7 @@ from .fmix import fmix
 from .saliencymix import saliencymix
 from .attentivemix import attentivemix
 from .manifoldmix import manifoldmix, patchup
+from .guidedmix import guidedmix, guided_saliency
 from .switch import MIXERS
 
 # %% auto #0
@@ -39,6 +40,10 @@ class _Mixer:
         return f"{getattr(self.f, '__name__', type(self.f).__name__)}({', '.join(opts)})"
 
 # %% ../nbs/get_started/02_gallery.ipynb #a9b08f01
+def _guidedmix_sr(x, y, lam=None, index=None, generator=None, alpha=None):
+    "GuidedMixup with spectral-residual saliency: no λ or α to ask for, the mask (and so λ) comes from the saliency"
+    return guidedmix(x, y, guided_saliency(x, guided_type='sr'), index=index, generator=generator)
+
 def gallery_mixers(teacher:nn.Module|None=None, # network whose feature map guides AttentiveMix (left out when None)
                    feat_size:int|tuple|None=224, # AttentiveMix: the teacher sees the images resized to this
                   )->dict:
@@ -48,7 +53,8 @@ def gallery_mixers(teacher:nn.Module|None=None, # network whose feature map guid
               'saliencymix': _Mixer(saliencymix)}
     if teacher is not None: mixers['attentivemix'] = _Mixer(attentivemix, teacher, feat_size=feat_size)
     mixers.update(fmix=_Mixer(fmix), gridmix=_Mixer(gridmix), smoothmix=_Mixer(smoothmix),
-                  patchup=_Mixer(patchup)) # PatchUp at the input layer
+                  patchup=_Mixer(patchup), # PatchUp at the input layer
+                  guidedmix=_Mixer(_guidedmix_sr)) # its own λ: the mean of the saliency-ratio mask
     for name, f in MIXERS.items(): # any other input-level mixer registered for switching
         if name != 'vanilla' and name not in mixers: mixers[name] = _Mixer(f)
     return mixers

@@ -21,6 +21,7 @@ from openmixup_nb.attentivemix import attentivemix
 from openmixup_nb.manifoldmix import manifoldmix, patchup, feature_mix_forward, manifoldmix_forward, patchup_forward
 from openmixup_nb.switch import vanilla, mix_switch
 from openmixup_nb.automix import automix_pair
+from openmixup_nb.guidedmix import guidedmix, guided_saliency
 from openmixup_nb.models import create_model
 
 N, NC = 6, 5
@@ -76,6 +77,8 @@ MIXERS = {
     'mask_mix bool': (lambda x, y, **k: mask_mix(x, y, torch.rand(1, 1, 16, 16) > 0.5, torch.arange(_len(x)).flip(0), **k), 'blend'),
     'mask_mix float': (lambda x, y, **k: mask_mix(x, y, torch.rand(1, 1, 16, 16).round(decimals=1), torch.arange(_len(x)).flip(0), **k), 'blend'),
     'automix_pair': (_pair, 'blend'),
+    'guidedmix': (lambda x, y, **k: guidedmix(x, y, guided_saliency(x, guided_type='sr'), **k), 'blend'),
+    'guidedmix random': (lambda x, y, **k: guidedmix(x, y, guided_saliency(x, guided_type='sr'), **{'pairing': 'random', **k}), 'blend'),
     'feature_mix_forward': (_fwd(lambda m, x, y, **k: feature_mix_forward(m, x, y, mixup, **k)), 'feature'),
     'manifoldmix_forward': (_fwd(manifoldmix_forward), 'feature'),
     'patchup_forward': (_fwd(patchup_forward), 'feature'),
@@ -90,7 +93,7 @@ def _base(name):
             'resizemix sample': resizemix, 'fmix soft': fmix, 'fmix sample': fmix, 'saliencymix one centre': saliencymix,
             'attentivemix': attentivemix, 'patchup soft': patchup, 'patchup sample': patchup, 'mix_switch sample': mix_switch,
             'mix_switch sample, all mixers': mix_switch, 'mask_mix bool': mask_mix, 'mask_mix float': mask_mix,
-            'automix_pair': automix_pair, 'feature_mix_forward': feature_mix_forward,
+            'automix_pair': automix_pair, 'feature_mix_forward': feature_mix_forward, 'guidedmix': guidedmix, 'guidedmix random': guidedmix,
             'manifoldmix_forward': manifoldmix_forward, 'patchup_forward': patchup_forward}.get(name) or MIXERS[name][0]
 
 def _public_mixers():
@@ -346,6 +349,7 @@ CALLBACKS = {
     'ManifoldMixCallback': lambda: C.ManifoldMixCallback(),
     'PatchUpCallback': lambda: C.PatchUpCallback(), 'AutoMixCallback': lambda: C.AutoMixCallback(),
     'SAMixCallback': lambda: C.SAMixCallback(), 'AdAutoMixCallback': lambda: C.AdAutoMixCallback(),
+    'GuidedMixupCallback': lambda: C.GuidedMixupCallback(),
 }
 NOT_CALLBACKS = {'MixCallback': 'the base class', 'FeatureMixCallback': 'the base of ManifoldMix and PatchUp', 'LearnableMixCallback': "the learned mixers' base", 'MixedLoss': 'not a callback'}
 
