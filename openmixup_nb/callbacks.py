@@ -8,7 +8,7 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/core/callbacks.html.md"""
 __all__ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
            'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
            'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
-           'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback']
+           'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback', 'PuzzleMixCallback']
 
 # %% ../nbs/core/03_callbacks.ipynb #0bfb1196
 from .callback import MixCallback, MixedLoss
@@ -25,9 +25,11 @@ from .manifoldmix import FeatureMixCallback, ManifoldMixCallback, PatchUpCallbac
 from .automix import LearnableMixCallback, AutoMixCallback, SAMixCallback
 from .adautomix import AdAutoMixCallback
 from .guidedmix import GuidedMixupCallback
+from .puzzlemix import PuzzleMixCallback
 
 # %% ../nbs/core/03_callbacks.ipynb #1b1b25ed
 _all_ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
          'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
          'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
-         'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback']
+         'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback',
+         'PuzzleMixCallback']

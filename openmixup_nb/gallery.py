@@ -23,6 +23,8 @@ from .saliencymix import saliencymix
 from .attentivemix import attentivemix
 from .manifoldmix import manifoldmix, patchup
 from .guidedmix import guidedmix, guided_saliency
+from .puzzlemix import puzzlemix
+from .saliencymix import spectral_saliency
 from .switch import MIXERS
 
 # %% auto #0
@@ -44,6 +46,10 @@ def _guidedmix_sr(x, y, lam=None, index=None, generator=None, alpha=None):
     "GuidedMixup with spectral-residual saliency: no λ or α to ask for, the mask (and so λ) comes from the saliency"
     return guidedmix(x, y, guided_saliency(x, guided_type='sr'), index=index, generator=generator)
 
+def _puzzlemix_sr(x, y, lam=None, index=None, generator=None, alpha=1.):
+    "PuzzleMix with spectral-residual saliency (the gallery has no model to ask); H and W divisible by 16"
+    return puzzlemix(x, y, spectral_saliency(x), alpha, lam=lam, index=index, generator=generator)
+
 def gallery_mixers(teacher:nn.Module|None=None, # network whose feature map guides AttentiveMix (left out when None)
                    feat_size:int|tuple|None=224, # AttentiveMix: the teacher sees the images resized to this
                   )->dict:
@@ -54,7 +60,8 @@ def gallery_mixers(teacher:nn.Module|None=None, # network whose feature map guid
     if teacher is not None: mixers['attentivemix'] = _Mixer(attentivemix, teacher, feat_size=feat_size)
     mixers.update(fmix=_Mixer(fmix), gridmix=_Mixer(gridmix), smoothmix=_Mixer(smoothmix),
                   patchup=_Mixer(patchup), # PatchUp at the input layer
-                  guidedmix=_Mixer(_guidedmix_sr)) # its own λ: the mean of the saliency-ratio mask
+                  guidedmix=_Mixer(_guidedmix_sr), # its own λ: the mean of the saliency-ratio mask
+                  puzzlemix=_Mixer(_puzzlemix_sr)) # λ as the prior of the block labelling
     for name, f in MIXERS.items(): # any other input-level mixer registered for switching
         if name != 'vanilla' and name not in mixers: mixers[name] = _Mixer(f)
     return mixers
