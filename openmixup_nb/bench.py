@@ -26,7 +26,7 @@ from fastai.torch_core import set_seed
 from .callbacks import (MixCallback, MixupCallback, CutMixCallback, MixSwitchCallback, SmoothMixCallback, GridMixCallback,
                                     ResizeMixCallback, FMixCallback, SaliencyMixCallback, ManifoldMixCallback, PatchUpCallback,
                                     AutoMixCallback, SAMixCallback, AdAutoMixCallback, GuidedMixupCallback,
-                                    PuzzleMixCallback)
+                                    PuzzleMixCallback, AlignMixCallback)
 from .data import cifar_dls, cifar_tensors
 from .models import create_model, CIFAR_MODELS
 
@@ -37,7 +37,7 @@ __all__ = ['CIFAR_ALPHAS', 'METHODS', 'NO_ALPHA', 'method_callback', 'TrainTimer
 # %% ../nbs/benchmark/01_bench.ipynb #85e6277a
 CIFAR_ALPHAS = {'mixup': 1., 'cutmix': 0.2, 'smoothmix': 0.2, 'gridmix': 0.2, 'resizemix': 1., 'fmix': 0.2,
                 'saliencymix': 0.2, 'manifoldmix': 2., 'patchup': 2., # OpenMixup's α for CIFAR ResNets (PatchUp: its paper's)
-                'automix': 2., 'samix': 2., 'adautomix': 1., 'puzzlemix': 1.}
+                'automix': 2., 'samix': 2., 'adautomix': 1., 'puzzlemix': 1., 'alignmix': 2.}
 
 METHODS = {
     'vanilla': lambda alpha: None,
@@ -57,6 +57,7 @@ METHODS = {
     'guidedmix': lambda alpha: GuidedMixupCallback('ap'), # the model's input-gradient saliency, greedy pairs
     'guidedmix_sr': lambda alpha: GuidedMixupCallback('sr'), # spectral-residual saliency, greedy pairs
     'puzzlemix': lambda alpha: PuzzleMixCallback(alpha), # CIFAR preset, batched solver
+    'alignmix': lambda alpha: AlignMixCallback.openmixup(alpha=alpha), # OpenMixup's CIFAR recipe: ManifoldMix or AlignMix, ½ each
 }
 NO_ALPHA = {'vanilla': "vanilla training mixes nothing: it takes no alpha",
             'guidedmix': "guidedmix takes no alpha: its mask comes from the saliency",
@@ -394,7 +395,7 @@ def _parse_alphas(s:str|None)->dict|None:
     return al
 
 @call_parse
-def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix, guidedmix, guidedmix_sr, puzzlemix
+def omnb_bench(methods:str='vanilla,mixup,cutmix', # comma-separated, of: vanilla, mixup, cutmix, deit, smoothmix, gridmix, resizemix, fmix, saliencymix, manifoldmix, patchup, automix, samix, adautomix, guidedmix, guidedmix_sr, puzzlemix, alignmix
                dataset:str='cifar10', # 'cifar10' or 'cifar100'
                data:str=None, # dataset folder or archive (default: $OPENMIXUP_NB_DATA, fastai's data dir, download)
                arch:str='resnet18', # backbone: resnet18/34/50, preact_resnet18, wrn28_8, resnext50_32x4d or timm:<name>

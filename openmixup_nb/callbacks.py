@@ -8,7 +8,7 @@ Docs: https://openmixup-nb.github.io/openmixup_nb/core/callbacks.html.md"""
 __all__ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
            'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
            'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
-           'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback', 'PuzzleMixCallback']
+           'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback', 'PuzzleMixCallback', 'AlignMixCallback']
 
 # %% ../nbs/core/03_callbacks.ipynb #0bfb1196
 from .callback import MixCallback, MixedLoss
@@ -26,10 +26,11 @@ from .automix import LearnableMixCallback, AutoMixCallback, SAMixCallback
 from .adautomix import AdAutoMixCallback
 from .guidedmix import GuidedMixupCallback
 from .puzzlemix import PuzzleMixCallback
+from .alignmix import AlignMixCallback
 
 # %% ../nbs/core/03_callbacks.ipynb #1b1b25ed
 _all_ = ['MixCallback', 'MixedLoss', 'MixupCallback', 'CutMixCallback', 'MixSwitchCallback', 'SmoothMixCallback',
          'GridMixCallback', 'ResizeMixCallback', 'FMixCallback', 'SaliencyMixCallback', 'AttentiveMixCallback',
          'FeatureMixCallback', 'ManifoldMixCallback', 'PatchUpCallback', 'LearnableMixCallback', 'AutoMixCallback',
          'SAMixCallback', 'AdAutoMixCallback', 'GuidedMixupCallback',
-         'PuzzleMixCallback']
+         'PuzzleMixCallback', 'AlignMixCallback']

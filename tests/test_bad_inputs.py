@@ -23,6 +23,7 @@ from openmixup_nb.switch import vanilla, mix_switch
 from openmixup_nb.automix import automix_pair
 from openmixup_nb.guidedmix import guidedmix, guided_saliency
 from openmixup_nb.puzzlemix import puzzlemix
+from openmixup_nb.alignmix import alignmix, alignmix_forward
 from openmixup_nb.models import create_model
 
 N, NC = 6, 5
@@ -86,6 +87,9 @@ MIXERS = {
     'guidedmix random': (lambda x, y, **k: guidedmix(x, y, guided_saliency(x, guided_type='sr'), **{'pairing': 'random', **k}), 'blend'),
     'puzzlemix': (lambda x, y, **k: puzzlemix(x, y, _saliency(x), transport=False, **k), 'blend'),
     'puzzlemix transport': (lambda x, y, **k: puzzlemix(x, y, _saliency(x), **k), 'paste'),
+    'alignmix': (alignmix, 'blend'),
+    'alignmix sample': (lambda x, y, **k: alignmix(x, y, lam_mode='sample', align='sample', **k), 'blend'),
+    'alignmix_forward': (_fwd(alignmix_forward), 'feature'),
     'feature_mix_forward': (_fwd(lambda m, x, y, **k: feature_mix_forward(m, x, y, mixup, **k)), 'feature'),
     'manifoldmix_forward': (_fwd(manifoldmix_forward), 'feature'),
     'patchup_forward': (_fwd(patchup_forward), 'feature'),
@@ -101,7 +105,8 @@ def _base(name):
             'attentivemix': attentivemix, 'patchup soft': patchup, 'patchup sample': patchup, 'mix_switch sample': mix_switch,
             'mix_switch sample, all mixers': mix_switch, 'mask_mix bool': mask_mix, 'mask_mix float': mask_mix,
             'automix_pair': automix_pair, 'feature_mix_forward': feature_mix_forward, 'guidedmix': guidedmix, 'guidedmix random': guidedmix,
-            'puzzlemix': puzzlemix, 'puzzlemix transport': puzzlemix,
+            'puzzlemix': puzzlemix, 'puzzlemix transport': puzzlemix, 'alignmix sample': alignmix,
+            'alignmix_forward': alignmix_forward,
             'manifoldmix_forward': manifoldmix_forward, 'patchup_forward': patchup_forward}.get(name) or MIXERS[name][0]
 
 def _public_mixers():
@@ -223,7 +228,7 @@ def test_meta_device(name):
     check_result(res, x.to('meta'), y.to('meta'), MIXERS[name][1])
 
 # ------------------------------------------------------------------------------------------- non-finite input
-@pytest.mark.parametrize('name', [n for n in MIX_NAMES if MIXERS[n][1] != 'feature' and n not in ('attentivemix', 'automix_pair', 'puzzlemix transport')])
+@pytest.mark.parametrize('name', [n for n in MIX_NAMES if MIXERS[n][1] != 'feature' and n not in ('attentivemix', 'automix_pair', 'puzzlemix transport', 'alignmix', 'alignmix sample')])
 def test_non_finite_input(name):
     """inf and NaN in some images: where a sample's weight is exactly 1 its pixels are its own, where it is 0 its
     partner's, in between the blend (an inf stays inf, NaN spreads only where it has weight)"""
@@ -358,6 +363,7 @@ CALLBACKS = {
     'PatchUpCallback': lambda: C.PatchUpCallback(), 'AutoMixCallback': lambda: C.AutoMixCallback(),
     'SAMixCallback': lambda: C.SAMixCallback(), 'AdAutoMixCallback': lambda: C.AdAutoMixCallback(),
     'GuidedMixupCallback': lambda: C.GuidedMixupCallback(), 'PuzzleMixCallback': lambda: C.PuzzleMixCallback(),
+    'AlignMixCallback': lambda: C.AlignMixCallback(),
 }
 NOT_CALLBACKS = {'MixCallback': 'the base class', 'FeatureMixCallback': 'the base of ManifoldMix and PatchUp', 'LearnableMixCallback': "the learned mixers' base", 'MixedLoss': 'not a callback'}
 
