@@ -36,3 +36,18 @@ def warmed(net, shape=(2, 3, 32, 32)):
     mode = net.training
     with torch.no_grad(): net.train()(torch.randn(shape))
     return net.train(mode)
+
+def bad_input_tests(bad, # (call, error type, words the message must hold) per case
+                    module, # the module whose public API the catalogue must cover
+                    skip=(), # public names covered elsewhere
+):
+    "The two tests of a module's bad-input catalogue: each call fails as listed, and every public name has a case"
+    @pytest.mark.parametrize('call, err, words', bad, ids=[f'{i}-{w[:24]}' for i, (_, _, w) in enumerate(bad)])
+    def test_bad_inputs(call, err, words):
+        with pytest.raises(err) as e: call()
+        assert words in str(e.value)
+    def test_catalogue_covers_the_api():
+        src = ' '.join(str(c.__code__.co_names) for c, _, _ in bad)
+        api = [n for n in module.__all__ if n not in skip]
+        assert all(n in src for n in api), [n for n in api if n not in src]
+    return test_bad_inputs, test_catalogue_covers_the_api

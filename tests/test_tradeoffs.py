@@ -6,6 +6,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import numpy as np, pandas as pd, pytest
+from _helpers import bad_input_tests
+import openmixup_nb.tradeoffs as _mod
 from openmixup_nb.tradeoffs import load_results, results_table, plot_curves, plot_tradeoff, plot_radar
 
 def records(datasets=('cifar10', 'cifar100', 'tiny'), methods=('vanilla', 'mixup', 'samix'), seeds=(0, 1), epochs=4, loss=True):
@@ -121,10 +123,7 @@ BAD = [ # (call, error type, words the message must hold)
     (lambda: plot_radar([]), ValueError, 'no runs'),
 ]
 
-@pytest.mark.parametrize('call, err, words', BAD, ids=[f'{i}-{w[:20]}' for i, (_, _, w) in enumerate(BAD)])
-def test_bad_inputs(call, err, words):
-    with pytest.raises(err) as e: call()
-    assert words in str(e.value)
+test_bad_inputs, test_catalogue_covers_the_api = bad_input_tests(BAD, _mod)
 
 def test_bad_files(tmp_path):
     (tmp_path/'omnb_results.json').write_text('{"runs": [')
@@ -133,7 +132,3 @@ def test_bad_files(tmp_path):
     (tmp_path/'bin.json').write_bytes(b'\xff\xfe\x00')
     with pytest.raises(ValueError, match='cannot be read'): load_results(tmp_path/'bin.json')
 
-def test_catalogue_covers_the_api():
-    import openmixup_nb.tradeoffs as m
-    src = ' '.join(str(c.__code__.co_names) for c, _, _ in BAD)
-    assert all(name in src for name in m.__all__), [n for n in m.__all__ if n not in src]
