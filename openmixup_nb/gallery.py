@@ -47,8 +47,16 @@ def _guidedmix_sr(x, y, lam=None, index=None, generator=None, alpha=None):
     return guidedmix(x, y, guided_saliency(x, guided_type='sr'), index=index, generator=generator)
 
 def _puzzlemix_sr(x, y, lam=None, index=None, generator=None, alpha=1.):
-    "PuzzleMix with spectral-residual saliency (the gallery has no model to ask); H and W divisible by 16"
-    return puzzlemix(x, y, spectral_saliency(x), alpha, lam=lam, index=index, generator=generator)
+    "PuzzleMix with spectral-residual saliency (the gallery has no model to ask); other sizes padded to a multiple of 16, cropped back"
+    H, W = x.shape[-2:]
+    ph, pw = -H % 16, -W % 16 # the largest grid is 16 x 16
+    kw = {} if x.shape[1] == 3 else dict(mean=(0.,) * x.shape[1], std=(1.,) * x.shape[1]) # no RGB statistics to undo
+    xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode='replicate') if ph or pw else x
+    res = puzzlemix(xp, y, spectral_saliency(xp), alpha, lam=lam, index=index, generator=generator, **kw)
+    if ph or pw: # the visible part: its mask's mean is the label weight
+        res.mask = res.mask[..., :H, :W]
+        res.x, res.lam = res.x[..., :H, :W].contiguous(), res.mask.float().mean((1, 2, 3))
+    return res
 
 def gallery_mixers(teacher:nn.Module|None=None, # network whose feature map guides AttentiveMix (left out when None)
                    feat_size:int|tuple|None=224, # AttentiveMix: the teacher sees the images resized to this

@@ -25,7 +25,7 @@ def _exe():
     if not Path(exe).exists(): pytest.skip('omnb_bench not installed')
     return exe
 
-@pytest.mark.parametrize('args, msg', [(['--methods', 'vanilla,puzzlemix'], "unknown method 'puzzlemix'; available: vanilla, "),
+@pytest.mark.parametrize('args, msg', [(['--methods', 'vanilla,nomix'], "unknown method 'nomix'; available: vanilla, "),
                                        (['--epochs', '0'], 'epochs must be an integer >= 1, got 0'),
                                        (['--out', '/nonexistent-folder/r.json'], 'cannot write results file')])
 def test_bad_input_is_one_line_on_stderr(tmp_path, args, msg):

@@ -131,7 +131,7 @@ def test_each_run_announced(tmp_path, calls, capsys):
 
 # ---------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize('kw, msg', [
-    (dict(methods=('vanilla', 'puzzlemix')), 'available: vanilla'), (dict(methods=()), 'no methods'),
+    (dict(methods=('vanilla', 'nomix')), 'available: vanilla'), (dict(methods=()), 'no methods'),
     (dict(methods=('mixup', 'mixup')), 'given more than once'), (dict(seeds=()), 'no seeds'), (dict(seeds=(-1,)), 'a seed must be'),
     (dict(alphas={'cutmix': 1.}), 'not among the methods'), (dict(alphas={'vanilla': 1.}), 'takes no alpha'),
     (dict(alphas={'mixup': 0.}), 'alpha of mixup'), (dict(epochs=0), 'epochs must be'), (dict(bs=0), 'bs must be'),
