@@ -124,7 +124,7 @@ def _per_run(rec, model, dl, analyses, o)->dict:
 
 def _cam_figure(cams:dict, n:int):
     "`show_cams` over `n` test images of the first run spread evenly over its test set, for the first run of each method"
-    (m0, dl0), *_ = cams.values()
+    _, dl0 = next(iter(cams.values()))
     N = len(dl0.dataset); want = sorted({round(i * (N - 1) / max(n - 1, 1)) for i in range(min(n, N))}) # the set may be sorted by class
     xs, ys, seen = [], [], 0
     for x, y in dl0:

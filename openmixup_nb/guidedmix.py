@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 from torch import nn, Tensor
-from .core import MixResult, _check_batch, _check_generator, _as_index, _mask_mix
+from .core import MixResult, _check_batch, _check_generator, _as_index, _mask_mix, _plain
 from .callback import MixCallback
 from .saliency import gradient_saliency
 from .saliencymix import spectral_saliency
@@ -20,8 +20,6 @@ __all__ = ['GUIDED_TYPES', 'GUIDED_PAIRINGS', 'smooth_saliency', 'guided_salienc
            'GuidedMixupCallback']
 
 # %% ../nbs/saliency/04_guidedmix.ipynb #b4090dd4
-def _plain(t): return t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor else t
-
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 def _check_blur_args(size, sigma):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from .core import _plain
 from .evaluate import as_model, evaluating, model_device
 
 # %% auto #0
 __all__ = ['gradient_saliency']
 
 # %% ../nbs/saliency/03_saliency.ipynb #75ce3933
-def _plain(t): return t.as_subclass(Tensor) if isinstance(t, Tensor) and type(t) is not Tensor else t
-
 def gradient_saliency(model, # a fastai Learner or an nn.Module mapping images to logits (N, C)
                       x:Tensor, # images (N, C, H, W), as the model takes them (normalised)
                       y:Tensor, # class indices (N,) or soft targets (N, C)
